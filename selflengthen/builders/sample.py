@@ -1,0 +1,66 @@
+"""Length-weighted sampling: keep longer responses more often than shorter ones."""
+
+from __future__ import annotations
+
+import numpy as np
+import polars as pl
+
+from selflengthen.text import count_words
+
+
+def _lengths(frame: pl.DataFrame, length_column: str) -> pl.Series:
+    if length_column not in frame.columns:
+        raise ValueError(f"length_column {length_column!r} is not a column (columns: {frame.columns})")
+    column = frame.get_column(length_column)
+    if column.dtype == pl.String:
+        column = column.map_elements(count_words, return_dtype=pl.Int64, skip_nulls=True)
+    elif not column.dtype.is_numeric():
+        raise ValueError(
+            f"length_column {length_column!r} must hold word counts or texts, not {column.dtype}"
+        )
+    if column.null_count() or (column.dtype.is_float() and column.is_nan().any()):
+        raise ValueError(f"length_column {length_column!r} has missing lengths")
+    return column
+
+
+def length_weighted_sample(frame: pl.DataFrame, length_column: str, seed: int) -> pl.DataFrame:
+    """The rows of `frame` kept by Self-Lengthen's length-weighted sampling, in their order.
+
+    With n rows, each row gets r = 1 − rank/n, where rank is the 1-based position of its length
+    in ascending order (the first position among equal lengths). A row is kept when a seeded
+    uniform draw u in (0, 1] exceeds 2·r³: the longest row (r = 0) is always kept, about the
+    shortest 21% (2·r³ ≥ 1) never are, and about 59.5% of rows survive when lengths differ.
+
+    Args:
+        frame: the rows to sample.
+        length_column: a numeric column of word counts, or a text column whose words are counted
+            with `selflengthen.text.count_words` (never characters).
+        seed: the seed of the draws; the same seed and frame give the same rows.
+
+    Vectorised: O(n + range) for integer word counts (counting), O(n log n) otherwise (a sort).
+    """
+    lengths = _lengths(frame, length_column)
+    n = frame.height
+    if n == 0:
+        return frame
+    r = 1.0 - _min_ranks(lengths) / n
+    draws = 1.0 - np.random.default_rng(seed).random(n)
+    return frame.filter(pl.Series(draws > 2.0 * r * r * r))
+
+
+def _min_ranks(lengths: pl.Series) -> np.ndarray:
+    """1-based ranks in ascending order, equal values sharing the first position.
+
+    Word counts are integers over a modest range, so counting (a histogram and its running sum)
+    ranks them in O(n + range), several times faster than sorting; other columns are ranked by
+    polars (a sort, O(n log n)).
+    """
+    if lengths.dtype.is_integer():
+        values = lengths.to_numpy()
+        low, high = int(values.min()), int(values.max())
+        if high - low <= 4 * len(values) + 1024:
+            offsets = (values - low).astype(np.intp)
+            counts = np.bincount(offsets)
+            shorter = np.cumsum(counts) - counts  # how many values are below each value
+            return (shorter[offsets] + 1).astype(np.float64)
+    return lengths.rank(method="min").to_numpy().astype(np.float64)

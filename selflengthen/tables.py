@@ -1,0 +1,110 @@
+"""Reading and writing the tables users bring and the ones we produce (JSONL, CSV, parquet).
+
+Writes are atomic: the table goes to a temporary file beside the target, which is then renamed
+over it, so a reader never sees half a file and a failed write leaves the old file intact.
+"""
+
+from __future__ import annotations
+
+import io
+import os
+import tempfile
+from pathlib import Path
+
+import polars as pl
+
+from selflengthen.errors import SelflengthenError
+
+#: File endings we read and write, with the format each one means.
+FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
+
+
+def _first_line(error: Exception) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
+
+
+def table_format(path: Path) -> str:
+    """The format named by `path`'s ending, or a `SelflengthenError` naming the file."""
+    try:
+        return FORMATS[path.suffix.lower()]
+    except KeyError:
+        endings = ", ".join(sorted(FORMATS))
+        raise SelflengthenError(
+            f"{path}: unsupported file type {path.suffix!r} (use one of {endings})"
+        ) from None
+
+
+def read_table(path: Path) -> pl.DataFrame:
+    """Read a JSONL, CSV or parquet file into a polars frame.
+
+    Raises `SelflengthenError` (naming the file) when it is missing, of an unknown type, not
+    UTF-8, unparsable, or has no rows.
+    """
+    kind = table_format(path)
+    if not path.is_file():
+        raise SelflengthenError(f"{path}: no such file")
+    try:
+        if kind == "parquet":
+            frame = pl.read_parquet(path)
+        else:
+            raw = path.read_bytes()
+            try:
+                raw.decode("utf-8")
+            except UnicodeDecodeError as error:
+                raise SelflengthenError(
+                    f"{path}: not UTF-8 text (bad byte at offset {error.start})"
+                ) from None
+            if not raw.strip():
+                raise SelflengthenError(f"{path}: the file is empty")
+            frame = pl.read_ndjson(io.BytesIO(raw)) if kind == "jsonl" else pl.read_csv(io.BytesIO(raw))
+    except SelflengthenError:
+        raise
+    except Exception as error:  # polars raises several types; all mean the same to the user
+        raise SelflengthenError(f"{path}: cannot be read as {kind}: {_first_line(error)}") from None
+    if frame.height == 0:
+        raise SelflengthenError(f"{path}: no rows")
+    return frame
+
+
+def require_columns(frame: pl.DataFrame, path: Path, *columns: str) -> None:
+    """Raise a `SelflengthenError` naming the file and the first of `columns` it lacks."""
+    for column in columns:
+        if column not in frame.columns:
+            raise SelflengthenError(f"{path}: no column {column!r} (columns: {', '.join(frame.columns)})")
+
+
+def check_output(path: Path, overwrite: bool = False) -> str:
+    """Fail early (before any work) if `path` cannot be written: unknown type, or a file that
+    exists while `overwrite` is off. Returns the format."""
+    kind = table_format(path)
+    if path.exists() and not overwrite:
+        raise SelflengthenError(f"{path}: already exists (pass --overwrite to replace it)")
+    if path.is_dir():
+        raise SelflengthenError(f"{path}: is a folder, not a file")
+    return kind
+
+
+def write_table(frame: pl.DataFrame, path: Path, overwrite: bool = False) -> None:
+    """Write `frame` to `path` atomically, in the format its ending names.
+
+    Refuses (SelflengthenError) to replace an existing file unless `overwrite` is set.
+    """
+    kind = check_output(path, overwrite)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    try:
+        if kind == "parquet":
+            frame.write_parquet(temporary)
+        elif kind == "csv":
+            frame.write_csv(temporary)
+        else:
+            frame.write_ndjson(temporary)
+        os.replace(temporary, path)
+    except Exception as error:
+        Path(temporary).unlink(missing_ok=True)
+        raise SelflengthenError(f"{path}: cannot be written as {kind}: {_first_line(error)}") from error
+    except BaseException:
+        Path(temporary).unlink(missing_ok=True)
+        raise

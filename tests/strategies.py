@@ -1,0 +1,29 @@
+"""Hypothesis strategies for texts that mix scripts, whitespace and odd characters."""
+
+from hypothesis import strategies as st
+
+#: Characters that exercise every class: ASCII, Latin-1, CJK ideographs and punctuation,
+#: full-width forms, Unicode whitespace (incl. U+3000), controls, astral characters, surrogates.
+interesting_chars = st.one_of(
+    st.sampled_from(list("ab c.\n\t\r\x0b\x0c\x1c\x1f\x85\xa0\u2003\u3000\u3001。中文字，！")),
+    st.characters(min_codepoint=0, max_codepoint=0x7F),
+    st.characters(min_codepoint=0x4E00, max_codepoint=0x4E20),
+    st.characters(min_codepoint=0xFF00, max_codepoint=0xFF20),
+    st.characters(min_codepoint=0x1F600, max_codepoint=0x1F610),
+    st.characters(min_codepoint=0xD800, max_codepoint=0xD805, categories=["Cs"]),
+    st.characters(),
+)
+texts = st.text(alphabet=interesting_chars, max_size=300)
+
+#: Texts over a tiny vocabulary, so that repeated n-grams are common.
+small_vocabulary = ["a", "b", "ab", "中", "文", "x.", "aXcde", "aYcde"]
+separators = st.sampled_from([" ", "  ", "\n", "\t", "\u3000", ""])
+
+
+@st.composite
+def repetitive_texts(draw: st.DrawFn) -> str:
+    words = draw(st.lists(st.sampled_from(small_vocabulary), max_size=60))
+    pieces = []
+    for word in words:
+        pieces += [word, draw(separators)]
+    return "".join(pieces)

@@ -1,0 +1,110 @@
+"""The `selflengthen` command as a user runs it: a real subprocess of the installed script."""
+
+import json
+import shutil
+import subprocess
+import sys
+from pathlib import Path
+
+import polars as pl
+import pytest
+
+pytestmark = pytest.mark.e2e
+
+EXAMPLES = Path(__file__).resolve().parent.parent / "examples" / "corpus.jsonl"
+SCRIPT = shutil.which("selflengthen", path=str(Path(sys.executable).parent))
+
+
+def run(*args: str | Path, cwd: Path | None = None) -> subprocess.CompletedProcess[str]:
+    assert SCRIPT, "the selflengthen console script is not installed next to this Python"
+    return subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=120)
+
+
+def test_help_lists_each_subcommand() -> None:
+    result = run("--help")
+    assert result.returncode == 0
+    assert "filter" in result.stdout and "Apply the quality filters" in result.stdout
+    assert "sample" in result.stdout and "Length-weighted sampling" in result.stdout
+    assert run("--version").stdout.strip().startswith("selflengthen ")
+
+
+def test_filter_then_sample_the_example_corpus(tmp_path: Path) -> None:
+    kept, dropped, sampled = tmp_path / "kept.parquet", tmp_path / "dropped.jsonl", tmp_path / "sampled.csv"
+    result = run(
+        "filter",
+        EXAMPLES,
+        kept,
+        "--filters",
+        "ending,repetition,meta-comment,length",
+        "--min-words",
+        "10",
+        "--dropped",
+        dropped,
+    )
+    assert result.returncode == 0, result.stderr
+    assert "kept 5 of 12 rows" in result.stdout
+    assert pl.read_parquet(kept)["id"].to_list() == ["en-essay", "en-guide", "zh-essay", "zh-story", "mixed"]
+    reasons = {row["id"]: row["drop_reason"] for row in map(json.loads, dropped.read_text().splitlines())}
+    assert reasons["en-cut"] == reasons["zh-cut"] == "🔚 Ending: bad_ending"
+    assert reasons["zh-loop"].startswith("🔁 Repetition: repeated_ngram: 山间的溪水")
+    assert reasons["en-meta"] == "🗨 Meta-comment: meta_comment: revised"
+    assert reasons["en-short"] == "📏 Length: too_short"
+
+    result = run("sample", kept, sampled, "--length-column", "text", "--seed", "0")
+    assert result.returncode == 0, result.stderr
+    first = pl.read_csv(sampled)
+    assert 0 < first.height <= 5
+    assert (
+        run("sample", kept, sampled, "--length-column", "text", "--seed", "0", "--overwrite").returncode == 0
+    )
+    assert pl.read_csv(sampled).equals(first)
+
+
+def _bad_inputs(tmp: Path) -> list[tuple[list[str | Path], str]]:
+    (tmp / "latin1.jsonl").write_bytes('{"text": "caf\xe9"}\n'.encode("latin-1"))
+    (tmp / "empty.jsonl").write_text("")
+    (tmp / "broken.jsonl").write_text('{"text": "a"\n')
+    (tmp / "notes.txt").write_text("hello")
+    out = tmp / "out.jsonl"
+    return [
+        (["filter", tmp / "absent.jsonl", out], "absent.jsonl: no such file"),
+        (["filter", tmp / "notes.txt", out], "notes.txt: unsupported file type '.txt'"),
+        (["filter", tmp / "latin1.jsonl", out], "latin1.jsonl: not UTF-8 text (bad byte at offset 13)"),
+        (["filter", tmp / "empty.jsonl", out], "empty.jsonl: the file is empty"),
+        (["filter", tmp / "broken.jsonl", out], "broken.jsonl: cannot be read as jsonl"),
+        (["filter", EXAMPLES, out, "--text-column", "body"], "corpus.jsonl: no column 'body'"),
+        (["filter", EXAMPLES, out, "--filters", "ending,spelling"], "--filters: unknown filter ['spelling']"),
+        (["filter", EXAMPLES, out, "--filters", "length"], "--filters length needs --min-words"),
+        (["filter", EXAMPLES, out, "--filters", "growth"], "--filters growth needs --source-column"),
+        (
+            ["filter", EXAMPLES, out, "--filters", "length", "--min-words", "9", "--max-words", "3"],
+            "min_words (9)",
+        ),
+        (["filter", EXAMPLES, out, "--ngram", "0"], "ngram must be a positive integer"),
+        (
+            ["filter", EXAMPLES, out, "--filters", "growth", "--source-column", "initial"],
+            "no column 'initial'",
+        ),
+        (["filter", EXAMPLES, tmp / "existing.jsonl"], "existing.jsonl: already exists (pass --overwrite"),
+        (["sample", EXAMPLES, out, "--length-column", "words"], "corpus.jsonl: no column 'words'"),
+        (["sample", EXAMPLES, tmp / "out.xlsx"], "out.xlsx: unsupported file type '.xlsx'"),
+    ]
+
+
+def test_bad_input_gives_one_line_exit_2_and_touches_nothing(tmp_path: Path) -> None:
+    (tmp_path / "existing.jsonl").write_text('{"keep": "me"}\n')
+    for args, message in _bad_inputs(tmp_path):
+        before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+        result = run(*args)
+        assert result.returncode == 2, (args, result.stderr)
+        lines = result.stderr.strip().splitlines()
+        assert len(lines) == 1 and lines[0].startswith("selflengthen: error: "), (args, result.stderr)
+        assert message in lines[0], (args, lines[0])
+        assert "Traceback" not in result.stderr
+        assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before, args
+
+
+def test_debug_shows_the_traceback(tmp_path: Path) -> None:
+    result = run("--debug", "filter", tmp_path / "absent.jsonl", tmp_path / "out.jsonl")
+    assert result.returncode != 0
+    assert "Traceback" in result.stderr and "no such file" in result.stderr

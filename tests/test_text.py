@@ -1,0 +1,78 @@
+import re
+import sys
+
+import pytest
+from hypothesis import given
+
+from selflengthen.text import CJK_RANGES, count_words, is_cjk, token_spans, tokens
+from tests.strategies import texts
+
+
+@pytest.mark.parametrize(
+    ("text", "expected"),
+    [
+        ("", 0),
+        ("   \n\t ", 0),
+        ("Hello, world!", 2),
+        ("one  two\nthree\tfour", 4),
+        ("今天天气很好。", 7),  # six ideographs and U+3002 IDEOGRAPHIC FULL STOP
+        ("我爱Python编程", 5),  # 4 CJK characters + 1 run of Latin letters
+        ("Hello,世界", 3),  # "Hello," then two CJK characters
+        ("ＡＢＣ", 3),  # full-width forms count one each
+        ("a\u3000b", 3),  # U+3000 is in the CJK range, so it is a word of its own
+        ("naïve café — déjà vu", 5),
+        ("😀 emoji", 2),
+    ],
+)
+def test_count_words_examples(text: str, expected: int) -> None:
+    assert count_words(text) == expected
+
+
+def test_tokens_examples() -> None:
+    assert tokens("Hello,世界！ How are you?") == ["Hello,", "世", "界", "！", "How", "are", "you?"]
+    assert tokens("第1章：开始") == ["第", "1", "章", "：", "开", "始"]
+    assert tokens(" \n ") == []
+
+
+def _spec_count(text: str) -> int:
+    """count_words as the issue words it: CJK characters one each, then split the rest."""
+    cjk = sum(1 for char in text if is_cjk(char))
+    rest = "".join(" " if is_cjk(char) else char for char in text)
+    return cjk + len(rest.split())
+
+
+@given(texts)
+def test_count_words_matches_definition_and_tokens(text: str) -> None:
+    assert count_words(text) == _spec_count(text) == len(tokens(text))
+
+
+@given(texts)
+def test_token_spans_match_tokens(text: str) -> None:
+    spans = token_spans(text)
+    words = [text[start:end] for start, end in zip(spans.starts.tolist(), spans.ends.tolist(), strict=True)]
+    assert words == tokens(text)
+    assert spans.is_cjk.tolist() == [len(word) == 1 and is_cjk(word) for word in words]
+
+
+@pytest.mark.parametrize("char", ["a", "é", "中", "😀", "\ud800"])
+def test_token_spans_uses_one_element_per_character(char: str) -> None:
+    text = f"x {char * 3} y"
+    spans = token_spans(text)
+    assert len(spans.codepoints) == len(text)
+    assert [text[s:e] for s, e in zip(spans.starts, spans.ends, strict=True)] == tokens(text)
+
+
+def test_class_table_assumptions() -> None:
+    """token_spans relies on every whitespace character lying below U+3001 and every CJK range
+    lying below U+FFFF; a new Unicode version must not break that silently."""
+    whitespace = [code for code in range(sys.maxunicode + 1) if chr(code).isspace()]
+    assert max(whitespace) <= 0x3000
+    assert all(hi < 0xFFFF for _, hi in CJK_RANGES)
+    assert all(re.fullmatch(r"\s", chr(code)) for code in whitespace)  # regex agrees with str.isspace
+
+
+def test_megabyte_single_line() -> None:
+    text = "word " * 200_000 + "中" * 50_000
+    assert count_words(text) == 250_000
+    spans = token_spans(text)
+    assert len(spans.starts) == 250_000
