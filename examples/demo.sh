@@ -1,11 +1,13 @@
 #!/usr/bin/env bash
-# The main job until the generation steps land: run the quality filters and the length-weighted
-# sampler over the example corpus (English and Chinese), writing to demo-out/.
+# The main job: the generation steps of one Self-Lengthen macro-iteration on the embedded default
+# model (SmolLM2-135M-Instruct served by vLLM on the CPU): self-instruct -> generate -> extend,
+# with counts small enough for a laptop. Rerunning resumes an interrupted step and skips
+# finished ones. Output: runs/demo/iter_1/{instructions,initial,extended}/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 selflengthen=".venv/bin/selflengthen"
-mkdir -p demo-out
-"$selflengthen" filter examples/corpus.jsonl demo-out/kept.jsonl \
-    --filters ending,repetition,meta-comment,length --min-words 10 \
-    --dropped demo-out/dropped.jsonl --overwrite
-"$selflengthen" sample demo-out/kept.jsonl demo-out/sampled.jsonl --length-column text --seed 0 --overwrite
+run="${RUN_DIR:-runs/demo}"
+common=(--run-dir "$run" --seed 0 --concurrency 16)
+"$selflengthen" self-instruct "${common[@]}" --count 6 --max-retries 8
+"$selflengthen" generate "${common[@]}" --samples-per-instruction 2 --max-retries 4 --max-tokens 1500
+"$selflengthen" extend "${common[@]}" --rounds 2 --max-retries 4 --max-tokens 2000

@@ -9,9 +9,17 @@ from typing import Annotated
 import polars as pl
 import typer
 from datatrove.pipeline.filters.base_filter import BaseFilter
+from loguru import logger
 
 from selflengthen import __version__
+from selflengthen.builders.extend import ExtendSettings, run_extend
+from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.sample import length_weighted_sample
+from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct
+from selflengthen.builders.step import step_folder
+from selflengthen.cli_engine import with_engine_options
+from selflengthen.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, ResolvedModel, prepare_embedded_model
+from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError
 from selflengthen.filters import (
     EndingFilter,
@@ -21,6 +29,7 @@ from selflengthen.filters import (
     RepetitionFilter,
     apply_filters,
 )
+from selflengthen.prompts import shipped_seeds
 from selflengthen.tables import check_output, read_table, require_columns, write_table
 
 app = typer.Typer(
@@ -32,6 +41,8 @@ app = typer.Typer(
 )
 
 _state = {"debug": False}
+RUN_DIR_OPTION = typer.Option("--run-dir", help="The run folder: steps write runs/<name>/iter_<k>/<step>/.")
+ITERATION_OPTION = typer.Option(min=1, help="The macro-iteration k.")
 
 FILTER_NAMES = ("ending", "repetition", "meta-comment", "length", "growth")
 DEFAULT_FILTERS = "ending,repetition,meta-comment"
@@ -52,12 +63,17 @@ def _version(value: bool) -> None:
 @app.callback()
 def _options(
     debug: Annotated[bool, typer.Option("--debug", help="Show full tracebacks on errors.")] = False,
+    verbose: Annotated[
+        bool, typer.Option("--verbose", help="Show datatrove's and the engine's logs.")
+    ] = False,
     version: Annotated[
         bool, typer.Option("--version", callback=_version, is_eager=True, help="Print the version and exit.")
     ] = False,
 ) -> None:
     """Build long-output training data with the Self-Lengthen method."""
     _state["debug"] = debug
+    if not verbose:
+        logger.disable("datatrove")
 
 
 def _build_filters(
@@ -106,7 +122,7 @@ def filter_command(
     min_words: Annotated[int | None, typer.Option(help="length: fewest words kept.")] = None,
     max_words: Annotated[int | None, typer.Option(help="length: most words kept.")] = None,
     ngram: Annotated[
-        int | None, typer.Option(help="repetition: n-gram size [default: 13 for Chinese text, 10 otherwise].")
+        int | None, typer.Option(help="repetition: n-gram size (default: 13 for Chinese text, 10 otherwise).")
     ] = None,
     source_column: Annotated[
         str | None, typer.Option(help="growth: column with the text that was extended.")
@@ -158,6 +174,137 @@ def sample_command(
     write_table(kept, output_path, overwrite=overwrite)
     share = 100.0 * kept.height / frame.height
     typer.echo(f"kept {kept.height} of {frame.height} rows ({share:.1f}%) -> {output_path}")
+
+
+def _load_instructions(path: Path, what: str) -> pl.DataFrame:
+    """Instructions from a user's file: an `instruction` column of non-empty text, and an `id`
+    column (made from the row number when absent)."""
+    frame = read_table(path)
+    require_columns(frame, path, "instruction")
+    if frame.schema["instruction"] != pl.String:
+        raise SelflengthenError(
+            f"{path}: column 'instruction' must hold text, not {frame.schema['instruction']}"
+        )
+    empty = frame.filter(pl.col("instruction").is_null() | (pl.col("instruction").str.strip_chars() == ""))
+    if empty.height:
+        raise SelflengthenError(f"{path}: {empty.height} row(s) with an empty 'instruction'")
+    if "id" not in frame.columns:
+        frame = frame.with_row_index("id").with_columns(pl.format("{}-{}", pl.lit(what), pl.col("id")))
+    frame = frame.with_columns(pl.col("id").cast(pl.String))
+    if frame["id"].n_unique() != frame.height:
+        raise SelflengthenError(f"{path}: column 'id' has duplicate values")
+    return frame
+
+
+def _previous_step(run_dir: Path, iteration: int, step: str, hint: str) -> pl.DataFrame:
+    folder = step_folder(run_dir, iteration, step)
+    if not folder.finished():
+        raise SelflengthenError(f"{folder.root}: step not finished ({hint})")
+    return folder.read()
+
+
+def _report(stats: dict, folder: Path) -> None:
+    words = stats["words"]
+    shape = (
+        f"words mean {words['mean']} (min {words['min']}, median {words['median']}, max {words['max']})"
+        if words["mean"] is not None
+        else "no rows"
+    )
+    typer.echo(
+        f"{stats['step']}: {stats['rows_in']} in -> {stats['rows_out']} out; {shape}; "
+        f"{stats['requests']} requests, {stats['completion_tokens']} output tokens; "
+        f"{stats['seconds']} s -> {folder}"
+    )
+
+
+@app.command("self-instruct")
+@with_engine_options
+def self_instruct_command(
+    run_dir: Annotated[Path, RUN_DIR_OPTION],
+    iteration: Annotated[int, ITERATION_OPTION] = 1,
+    seeds: Annotated[
+        Path | None,
+        typer.Option(
+            help="Seed instructions (.jsonl/.csv/.parquet, column `instruction`) "
+            "(default: the shipped English and Chinese seeds)."
+        ),
+    ] = None,
+    count: Annotated[int, typer.Option(help="How many new instructions to grow.")] = 5000,
+    max_retries: Annotated[int, typer.Option(help="Attempts per instruction slot.")] = 10,
+    *,
+    engine: EngineOptions,
+    model: ResolvedModel,
+    sampling: SamplingOptions,
+) -> None:
+    """Grow new long-writing instructions from seed instructions (step 1)."""
+    settings = SelfInstructSettings(count=count, max_retries=max_retries, sampling=sampling)
+    seed_frame = _load_instructions(seeds, "seed") if seeds else pl.DataFrame(shipped_seeds())
+    stats = run_self_instruct(run_dir, iteration, seed_frame, engine, model, settings)
+    _report(stats, step_folder(run_dir, iteration, "instructions").root)
+    if stats["rows_out"] < stats["requested"]:
+        typer.echo(f"reached {stats['rows_out']} of {stats['requested']} instructions (see stats.json)")
+
+
+@app.command("generate")
+@with_engine_options
+def generate_command(
+    run_dir: Annotated[Path, RUN_DIR_OPTION],
+    iteration: Annotated[int, ITERATION_OPTION] = 1,
+    instructions: Annotated[
+        Path | None, typer.Option(help="Instructions file (default: this iteration's self-instruct output).")
+    ] = None,
+    samples_per_instruction: Annotated[int, typer.Option(help="Answers per instruction.")] = 2,
+    max_retries: Annotated[int, typer.Option(help="Attempts per answer until it finishes and passes.")] = 20,
+    *,
+    engine: EngineOptions,
+    model: ResolvedModel,
+    sampling: SamplingOptions,
+) -> None:
+    """Answer each instruction with the Generator, filter and sample (step 2)."""
+    settings = GenerateSettings(samples_per_instruction, max_retries, sampling)
+    frame = (
+        _load_instructions(instructions, "instruction")
+        if instructions
+        else _previous_step(
+            run_dir, iteration, "instructions", "run self-instruct first, or pass --instructions"
+        )
+    )
+    stats = run_generate(run_dir, iteration, frame, engine, model, settings)
+    _report(stats, step_folder(run_dir, iteration, "initial").root)
+
+
+@app.command("extend")
+@with_engine_options
+def extend_command(
+    run_dir: Annotated[Path, RUN_DIR_OPTION],
+    iteration: Annotated[int, ITERATION_OPTION] = 1,
+    rounds: Annotated[int, typer.Option(help="Two-stage extension rounds per response.")] = 3,
+    max_retries: Annotated[int, typer.Option(help="Attempts per round.")] = 3,
+    min_ratio: Annotated[
+        float, typer.Option(help="Keep an extension only above this × the initial words.")
+    ] = 1.2,
+    *,
+    engine: EngineOptions,
+    model: ResolvedModel,
+    sampling: SamplingOptions,
+) -> None:
+    """Lengthen each initial response with the Extender, filter and sample (step 3)."""
+    settings = ExtendSettings(rounds, max_retries, min_ratio, sampling)
+    initial = _previous_step(run_dir, iteration, "initial", "run generate first")
+    stats = run_extend(run_dir, iteration, initial, engine, model, settings)
+    _report(stats, step_folder(run_dir, iteration, "extended").root)
+
+
+@app.command("prepare-model")
+def prepare_model_command(
+    name: Annotated[str, typer.Argument(help="The embedded model to convert.")] = DEFAULT_MODEL,
+) -> None:
+    """Convert the embedded default model (from PyPI) into a safetensors folder, once."""
+    if name not in EMBEDDED_MODELS:
+        raise SelflengthenError(
+            f"{name!r} is not an embedded model (choose from {', '.join(EMBEDDED_MODELS)})"
+        )
+    typer.echo(prepare_embedded_model(name))
 
 
 def main() -> None:

@@ -1,7 +1,9 @@
 """The `selflengthen` command as a user runs it: a real subprocess of the installed script."""
 
 import json
+import os
 import shutil
+import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -108,3 +110,65 @@ def test_debug_shows_the_traceback(tmp_path: Path) -> None:
     result = run("--debug", "filter", tmp_path / "absent.jsonl", tmp_path / "out.jsonl")
     assert result.returncode != 0
     assert "Traceback" in result.stderr and "no such file" in result.stderr
+
+
+def _bad_generation_inputs(tmp: Path, busy_port: int) -> list[tuple[list[str | Path], str]]:
+    (tmp / "no_column.jsonl").write_text('{"prompt": "Write."}\n')
+    (tmp / "blank.jsonl").write_text('{"instruction": "  "}\n')
+    (tmp / "latin1.csv").write_bytes("instruction\ncaf\xe9\n".encode("latin-1"))
+    (tmp / "empty.parquet").write_bytes(b"")
+    (tmp / "weightless").mkdir()
+    (tmp / "weightless" / "config.json").write_text("{}")
+    good = tmp / "good.jsonl"
+    good.write_text('{"instruction": "Write a story."}\n')
+    run = ["--run-dir", tmp / "run"]
+    return [
+        (["generate", *run], "iter_1/instructions: step not finished"),
+        (["extend", *run], "iter_1/initial: step not finished"),
+        (["generate", *run, "--instructions", tmp / "absent.jsonl"], "absent.jsonl: no such file"),
+        (["generate", *run, "--instructions", tmp / "no_column.jsonl"], "no column 'instruction'"),
+        (["generate", *run, "--instructions", tmp / "blank.jsonl"], "1 row(s) with an empty 'instruction'"),
+        (["generate", *run, "--instructions", tmp / "latin1.csv"], "latin1.csv: not UTF-8"),
+        (["generate", *run, "--instructions", tmp / "empty.parquet"], "empty.parquet: cannot be read as"),
+        (["self-instruct", *run, "--seeds", tmp / "no_column.jsonl"], "no column 'instruction'"),
+        (["self-instruct", *run, "--count", "0"], "--count: must be >= 1"),
+        (["generate", *run, "--instructions", good, "--model", "qwen2"], "'qwen2': not an embedded model"),
+        (["generate", *run, "--instructions", good, "--model", tmp / "weightless"], "has no weights"),
+        (["generate", *run, "--instructions", good, "--port", str(busy_port)], "is already in use"),
+        (["generate", *run, "--instructions", good, "--max-tokens", "0"], "--max-tokens: invalid value 0"),
+        (["generate", *run, "--instructions", good, "--top-p", "1.5"], "--top-p: invalid value 1.5"),
+        (["extend", *run, "--rounds", "0"], "--rounds: must be >= 1"),
+        (["generate", *run, "--instructions", good, "--endpoint", "http://x", "--api-key-env", "NO_SUCH_VAR"],
+         "NO_SUCH_VAR is not set"),
+    ]  # fmt: skip
+
+
+def test_bad_generation_input_gives_one_line_exit_2_and_touches_nothing(tmp_path: Path) -> None:
+    with socket.socket() as busy:
+        busy.bind(("127.0.0.1", 0))
+        busy.listen()
+        for args, message in _bad_generation_inputs(tmp_path, busy.getsockname()[1]):
+            before = sorted(str(path) for path in tmp_path.rglob("*"))
+            result = run(*args)
+            assert result.returncode == 2, (args, result.stderr)
+            lines = result.stderr.strip().splitlines()
+            assert len(lines) == 1 and lines[0].startswith("selflengthen: error: "), (args, result.stderr)
+            assert message in lines[0], (args, lines[0])
+            assert sorted(str(path) for path in tmp_path.rglob("*")) == before, args
+
+
+def test_unreachable_endpoint_is_one_line_and_leaks_no_key(tmp_path: Path) -> None:
+    instructions = tmp_path / "instructions.jsonl"
+    instructions.write_text('{"instruction": "Write a story."}\n')
+    secret = "sk-test-not-a-real-key-0123456789"
+    result = subprocess.run(
+        [SCRIPT, "generate", "--run-dir", tmp_path / "run", "--instructions", instructions, "--model", "m",
+         "--endpoint", "http://127.0.0.1:9/v1", "--api-key-env", "SELFLENGTHEN_TEST_KEY"],
+        capture_output=True, text=True, timeout=180, env={**os.environ, "SELFLENGTHEN_TEST_KEY": secret},
+    )  # fmt: skip
+    assert result.returncode == 2
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and "--endpoint http://127.0.0.1:9/v1: no answer within 30 s" in lines[0]
+    written = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
+    assert written and not [path for path in written if secret.encode() in path.read_bytes()]
+    assert secret not in result.stdout + result.stderr

@@ -1,0 +1,246 @@
+"""Step 3 of a macro-iteration: the Extender lengthens each initial response.
+
+Each round is a two-stage extension of the best text so far. The text is split into paragraphs
+at blank lines (into lines when that gives two parts or fewer). Stage 1 sends the extend prompt
+with the first half and keeps the first two-thirds of the paragraphs it writes; stage 2 sends the
+extend prompt with the whole current text and the stage-1 text as a trailing assistant message
+that the model continues (`continue_final_message`). A round counts when its result finishes,
+passes the filters and is longer than the best so far (retried up to `max_retries` times). The
+best text is kept only if it passes `GrowthFilter` (more than `min_ratio` × the initial words);
+the kept rows then go through the length-weighted sampler. Output: `iter_<k>/extended/`.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import re
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from datatrove.data import Document
+
+from selflengthen.builders.sample import length_weighted_sample
+from selflengthen.builders.step import (
+    RESULTS_KEY,
+    StepProgress,
+    Tally,
+    chat,
+    finish_step,
+    response_problem,
+    run_inference,
+    step_folder,
+    step_stats,
+    word_summary,
+)
+from selflengthen.engine.models import ResolvedModel
+from selflengthen.engine.options import EngineOptions, SamplingOptions
+from selflengthen.errors import SelflengthenError
+from selflengthen.filters import GrowthFilter
+from selflengthen.prompts import template
+from selflengthen.text import count_words
+
+_BLANK_LINES = re.compile(r"\n[ \t]*\n")
+
+EXTENDED_SCHEMA = {
+    "id": pl.String,
+    "iteration": pl.Int64,
+    "instruction_id": pl.String,
+    "instruction": pl.String,
+    "language": pl.String,
+    "initial_response": pl.String,
+    "initial_words": pl.Int64,
+    "extended_response": pl.String,
+    "extended_words": pl.Int64,
+    "rounds": pl.Int64,
+    "attempts": pl.Int64,
+    "finish_reason": pl.String,
+    "model": pl.String,
+    "sampling": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class ExtendSettings:
+    rounds: int = 3
+    max_retries: int = 3
+    min_ratio: float = 1.2
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+    def __post_init__(self) -> None:
+        for flag, value in (("--rounds", self.rounds), ("--max-retries", self.max_retries)):
+            if value < 1:
+                raise SelflengthenError(f"{flag}: must be >= 1, got {value}")
+        if not self.min_ratio > 0:
+            raise SelflengthenError(f"--min-ratio: must be > 0, got {self.min_ratio}")
+
+
+def split_parts(text: str) -> tuple[list[str], str]:
+    """Paragraphs (split at blank lines) and their separator; lines when paragraphs give <= 2."""
+    paragraphs = [part.strip() for part in _BLANK_LINES.split(text.strip()) if part.strip()]
+    if len(paragraphs) > 2:
+        return paragraphs, "\n\n"
+    return [line.strip() for line in text.strip().splitlines() if line.strip()], "\n"
+
+
+async def extend_once(
+    generate: Any,
+    instruction: str,
+    text: str,
+    language: str,
+    settings: ExtendSettings,
+    seed_parts: tuple[object, ...],
+    tally: Tally,
+) -> str | None:
+    """One two-stage extension of `text`; `None` if a request failed or the result is unusable."""
+    prompt = template(language, "extend")
+    parts, separator = split_parts(text)
+    first_half = separator.join(parts[: max(1, len(parts) // 2)])
+    stage_one = await chat(
+        generate,
+        [{"role": "user", "content": prompt.substitute(instruction=instruction, text=first_half)}],
+        settings.sampling,
+        (*seed_parts, 1),
+        tally,
+    )
+    if stage_one is None:
+        return None
+    written, written_separator = split_parts(stage_one.text)
+    if not written:
+        tally.rejections["stage_1_empty"] += 1
+        return None
+    start = written_separator.join(written[: max(1, round(len(written) * 2 / 3))])
+    stage_two = await chat(
+        generate,
+        [
+            {"role": "user", "content": prompt.substitute(instruction=instruction, text=text)},
+            {"role": "assistant", "content": start},
+        ],
+        settings.sampling,
+        (*seed_parts, 2),
+        tally,
+        continue_final=True,
+    )
+    if stage_two is None:
+        return None
+    continuation = stage_two.text
+    joiner = "" if continuation[:1].isspace() else written_separator
+    combined = dataclasses.replace(stage_two, text=f"{start}{joiner}{continuation}".strip())
+    problem = response_problem(combined)
+    if problem is not None:
+        tally.rejections[problem] += 1
+        return None
+    return combined.text
+
+
+async def extend_rollout(
+    document: Document, generate: Any, *, settings: ExtendSettings, progress: StepProgress | None = None
+) -> dict[str, Any]:
+    """Extend one initial response over up to `rounds` rounds (a datatrove rollout function)."""
+    tally = Tally()
+    instruction, language = document.metadata["instruction"], document.metadata["language"]
+    best, best_words, rounds, attempts = document.text, count_words(document.text), 0, 0
+    for round_index in range(settings.rounds):
+        improved = False
+        for attempt in range(1, settings.max_retries + 1):
+            attempts += 1
+            seed_parts = ("extend", document.id, round_index, attempt)
+            candidate = await extend_once(generate, instruction, best, language, settings, seed_parts, tally)
+            if candidate is None:
+                continue
+            words = count_words(candidate)
+            if words > best_words:
+                best, best_words, rounds, improved = candidate, words, rounds + 1, True
+                break
+            tally.rejections["not_longer"] += 1
+        if not improved:
+            break
+    growth = GrowthFilter(min_ratio=settings.min_ratio, source_key="initial_response", source_words_key=None)
+    kept = rounds > 0 and growth.filter(
+        Document(text=best, id=document.id, metadata={"initial_response": document.text})
+    )
+    if progress is not None:
+        progress.document_done(tally)
+    return {
+        "extended_response": best if kept is True else None,
+        "rounds": rounds,
+        "attempts": attempts,
+        "failure": None if kept is True else ("no_round_succeeded" if rounds == 0 else "too_little_growth"),
+        "tally": tally.as_dict(),
+    }
+
+
+def run_extend(
+    run_dir: Path,
+    iteration: int,
+    initial: pl.DataFrame,
+    engine: EngineOptions,
+    model: ResolvedModel,
+    settings: ExtendSettings,
+) -> dict[str, Any]:
+    """Run the step (or return the stats of the finished one) and write `extended/`."""
+    folder = step_folder(run_dir, iteration, "extended")
+    if folder.finished():
+        return json.loads(folder.stats.read_text())
+    started = time.monotonic()
+    by_id = {row["id"]: row for row in initial.iter_rows(named=True)}
+    documents = [
+        Document(
+            text=row["response"],
+            id=row["id"],
+            metadata={"instruction": row["instruction"], "language": row["language"]},
+        )
+        for row in by_id.values()
+    ]
+    rollout = partial(extend_rollout, settings=settings)
+    done = run_inference(
+        folder, documents, rollout, engine, model, settings.sampling, f"extend (iter {iteration})"
+    )
+    rows, failures = [], {"no_round_succeeded": 0, "too_little_growth": 0}
+    lineage = json.dumps(settings.sampling.lineage())
+    for document in done:
+        for result in document.metadata.get(RESULTS_KEY, []):
+            if result["extended_response"] is None:
+                failures[result["failure"]] += 1
+                continue
+            source = by_id[document.id]
+            rows.append(
+                {
+                    "id": document.id,
+                    "iteration": iteration,
+                    "instruction_id": source["instruction_id"],
+                    "instruction": source["instruction"],
+                    "language": source["language"],
+                    "initial_response": source["response"],
+                    "initial_words": source["words"],
+                    "extended_response": result["extended_response"],
+                    "extended_words": count_words(result["extended_response"]),
+                    "rounds": result["rounds"],
+                    "attempts": result["attempts"],
+                    "finish_reason": "stop",
+                    "model": model.spec,
+                    "sampling": lineage,
+                }
+            )
+    grown = pl.DataFrame(rows, schema=EXTENDED_SCHEMA).sort("id")
+    kept = length_weighted_sample(grown, "extended_words", settings.sampling.seed)
+    stats = step_stats(
+        "extend",
+        iteration,
+        len(documents),
+        kept,
+        "extended_words",
+        done,
+        model,
+        settings.sampling,
+        started,
+        rows_grown=grown.height,
+        dropped_by_sampler=grown.height - kept.height,
+        failed_rows=failures,
+        initial_words=word_summary(kept["initial_words"].to_list()),
+    )
+    return finish_step(folder, kept, stats)

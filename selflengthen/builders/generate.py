@@ -1,0 +1,166 @@
+"""Step 2 of a macro-iteration: the Generator answers each instruction.
+
+Each instruction is answered `samples_per_instruction` times; each sample is retried (up to
+`max_retries` times, each with its own seed) until it finishes with `finish_reason == "stop"` and
+passes the ending, repetition and meta-comment filters. The answers then go through the
+length-weighted sampler. Output: `iter_<k>/initial/`.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import time
+from dataclasses import dataclass, field
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from datatrove.data import Document
+
+from selflengthen.builders.sample import length_weighted_sample
+from selflengthen.builders.step import (
+    RESULTS_KEY,
+    StepProgress,
+    Tally,
+    chat,
+    finish_step,
+    response_problem,
+    run_inference,
+    step_folder,
+    step_stats,
+)
+from selflengthen.engine.models import ResolvedModel
+from selflengthen.engine.options import EngineOptions, SamplingOptions
+from selflengthen.errors import SelflengthenError
+from selflengthen.prompts import detect_language
+from selflengthen.text import count_words
+
+INITIAL_SCHEMA = {
+    "id": pl.String,
+    "iteration": pl.Int64,
+    "instruction_id": pl.String,
+    "instruction": pl.String,
+    "language": pl.String,
+    "response": pl.String,
+    "words": pl.Int64,
+    "finish_reason": pl.String,
+    "attempts": pl.Int64,
+    "model": pl.String,
+    "sampling": pl.String,
+}
+
+
+@dataclass(frozen=True)
+class GenerateSettings:
+    samples_per_instruction: int = 2
+    max_retries: int = 20
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+
+    def __post_init__(self) -> None:
+        if self.samples_per_instruction < 1:
+            raise SelflengthenError(
+                f"--samples-per-instruction: must be >= 1, got {self.samples_per_instruction}"
+            )
+        if self.max_retries < 1:
+            raise SelflengthenError(f"--max-retries: must be >= 1, got {self.max_retries}")
+
+
+async def generate_rollout(
+    document: Document, generate: Any, *, settings: GenerateSettings, progress: StepProgress | None = None
+) -> dict[str, Any]:
+    """Answer one instruction `samples_per_instruction` times (a datatrove rollout function)."""
+    tally = Tally()
+    messages = [{"role": "user", "content": document.text}]
+
+    async def one_sample(sample: int) -> dict[str, Any]:
+        for attempt in range(1, settings.max_retries + 1):
+            seed_parts = ("generate", document.id, sample, attempt)
+            result = await chat(generate, messages, settings.sampling, seed_parts, tally)
+            if result is None:
+                return {"sample": sample, "response": None, "attempts": attempt, "failure": "request_error"}
+            problem = response_problem(result)
+            if problem is None:
+                return {
+                    "sample": sample,
+                    "response": result.text,
+                    "finish_reason": "stop",
+                    "attempts": attempt,
+                }
+            tally.rejections[problem] += 1
+        return {
+            "sample": sample,
+            "response": None,
+            "attempts": settings.max_retries,
+            "failure": "retries_exhausted",
+        }
+
+    samples = await asyncio.gather(*(one_sample(index) for index in range(settings.samples_per_instruction)))
+    if progress is not None:
+        progress.document_done(tally)
+    return {"samples": list(samples), "tally": tally.as_dict()}
+
+
+def run_generate(
+    run_dir: Path,
+    iteration: int,
+    instructions: pl.DataFrame,
+    engine: EngineOptions,
+    model: ResolvedModel,
+    settings: GenerateSettings,
+) -> dict[str, Any]:
+    """Run the step (or return the stats of the finished one) and write `initial/`."""
+    folder = step_folder(run_dir, iteration, "initial")
+    if folder.finished():
+        return json.loads(folder.stats.read_text())
+    started = time.monotonic()
+    documents = [
+        Document(text=row["instruction"], id=str(row["id"]), metadata={"iteration": iteration})
+        for row in instructions.iter_rows(named=True)
+    ]
+    rollout = partial(generate_rollout, settings=settings)
+    done = run_inference(
+        folder, documents, rollout, engine, model, settings.sampling, f"generate (iter {iteration})"
+    )
+    rows, failures = [], {"request_error": 0, "retries_exhausted": 0}
+    lineage = json.dumps(settings.sampling.lineage())
+    for document in done:
+        for result in document.metadata.get(RESULTS_KEY, []):
+            for sample in result["samples"]:
+                if sample["response"] is None:
+                    failures[sample["failure"]] += 1
+                    continue
+                rows.append(
+                    {
+                        "id": f"{document.id}-s{sample['sample']}",
+                        "iteration": iteration,
+                        "instruction_id": document.id,
+                        "instruction": document.text,
+                        "language": detect_language(document.text),
+                        "response": sample["response"],
+                        "words": count_words(sample["response"]),
+                        "finish_reason": sample["finish_reason"],
+                        "attempts": sample["attempts"],
+                        "model": model.spec,
+                        "sampling": lineage,
+                    }
+                )
+    accepted = pl.DataFrame(rows, schema=INITIAL_SCHEMA).sort("id")
+    kept = length_weighted_sample(accepted, "words", settings.sampling.seed)
+    stats = step_stats(
+        "generate",
+        iteration,
+        len(documents),
+        kept,
+        "words",
+        done,
+        model,
+        settings.sampling,
+        started,
+        samples_requested=len(documents) * settings.samples_per_instruction,
+        samples_accepted=accepted.height,
+        dropped_by_sampler=accepted.height - kept.height,
+        failed_samples=failures,
+    )
+    return finish_step(folder, kept, stats)

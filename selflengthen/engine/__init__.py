@@ -1,0 +1,1 @@
+"""Models and the vLLM engine: model resolution, server launch, endpoint mode, sampling defaults."""

