@@ -12,7 +12,6 @@ step reaches >= 0.85 of offline throughput.
 from __future__ import annotations
 
 import argparse
-import json
 import subprocess
 import sys
 import tempfile
@@ -21,6 +20,7 @@ import urllib.request
 from pathlib import Path
 
 import polars as pl
+from loguru import logger
 
 from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.engine.models import ResolvedModel, resolve_model
@@ -29,6 +29,7 @@ from selflengthen.engine.server import on_gpu, vllm_command
 from selflengthen.prompts import shipped_seeds
 
 TARGET = 0.85
+_MARKER = "offline tokens/s: "  # vLLM logs to stdout too; this marks the child's answer
 PORT = 18555
 
 
@@ -95,6 +96,7 @@ def step_tokens_per_second(
 
 
 def main() -> None:
+    logger.disable("datatrove")
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--prompts", type=int, default=16)
     parser.add_argument("--max-tokens", type=int, default=256)
@@ -106,14 +108,16 @@ def main() -> None:
     sampling = SamplingOptions(max_tokens=args.max_tokens, seed=0)
     texts = prompts(args.prompts)
     if args.offline_only:
-        print(json.dumps(offline_tokens_per_second(model.source, texts, sampling, args.max_model_len)))
+        print(f"{_MARKER}{offline_tokens_per_second(model.source, texts, sampling, args.max_model_len)}")
         return
     child = subprocess.run(
         [sys.executable, __file__, "--offline-only", "--prompts", str(args.prompts), "--max-tokens",
          str(args.max_tokens), "--model", args.model, "--max-model-len", str(args.max_model_len)],
         capture_output=True, text=True, check=True,
     )  # fmt: skip
-    offline = float(child.stdout.strip().splitlines()[-1])
+    offline = float(
+        next(line for line in child.stdout.splitlines() if line.startswith(_MARKER))[len(_MARKER) :]
+    )
     ours = step_tokens_per_second(model, texts, sampling, args.max_model_len)
     ratio = ours / offline
     print(

@@ -8,6 +8,7 @@ cd "$(dirname "$0")/.."
 selflengthen=".venv/bin/selflengthen"
 run="${RUN_DIR:-runs/demo}"
 common=(--run-dir "$run" --seed 0 --concurrency 16)
-"$selflengthen" self-instruct "${common[@]}" --count 6 --max-retries 8
+# SmolLM2-135M writes English only, so it grows instructions from the English seeds.
+"$selflengthen" self-instruct "${common[@]}" --count 6 --max-retries 8 --seed-language en
 "$selflengthen" generate "${common[@]}" --samples-per-instruction 2 --max-retries 4 --max-tokens 1500
 "$selflengthen" extend "${common[@]}" --rounds 2 --max-retries 4 --max-tokens 2000

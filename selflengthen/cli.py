@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+from enum import StrEnum
 from pathlib import Path
 from typing import Annotated
 
@@ -29,7 +30,7 @@ from selflengthen.filters import (
     RepetitionFilter,
     apply_filters,
 )
-from selflengthen.prompts import shipped_seeds
+from selflengthen.prompts import detect_language, shipped_seeds
 from selflengthen.tables import check_output, read_table, require_columns, write_table
 
 app = typer.Typer(
@@ -43,6 +44,13 @@ app = typer.Typer(
 _state = {"debug": False}
 RUN_DIR_OPTION = typer.Option("--run-dir", help="The run folder: steps write runs/<name>/iter_<k>/<step>/.")
 ITERATION_OPTION = typer.Option(min=1, help="The macro-iteration k.")
+
+
+class SeedLanguage(StrEnum):
+    all = "all"
+    en = "en"
+    zh = "zh"
+
 
 FILTER_NAMES = ("ending", "repetition", "meta-comment", "length", "growth")
 DEFAULT_FILTERS = "ending,repetition,meta-comment"
@@ -229,6 +237,12 @@ def self_instruct_command(
             "(default: the shipped English and Chinese seeds)."
         ),
     ] = None,
+    seed_language: Annotated[
+        SeedLanguage,
+        typer.Option(
+            help="Use only the seeds in this language (e.g. en for a model that writes English only)."
+        ),
+    ] = SeedLanguage.all,
     count: Annotated[int, typer.Option(help="How many new instructions to grow.")] = 5000,
     max_retries: Annotated[int, typer.Option(help="Attempts per instruction slot.")] = 10,
     *,
@@ -239,6 +253,14 @@ def self_instruct_command(
     """Grow new long-writing instructions from seed instructions (step 1)."""
     settings = SelfInstructSettings(count=count, max_retries=max_retries, sampling=sampling)
     seed_frame = _load_instructions(seeds, "seed") if seeds else pl.DataFrame(shipped_seeds())
+    if seed_language is not SeedLanguage.all:
+        seed_frame = seed_frame.filter(
+            pl.col("instruction").map_elements(detect_language, return_dtype=pl.String) == seed_language.value
+        )
+        if seed_frame.height < 2:
+            raise SelflengthenError(
+                f"--seed-language {seed_language.value}: fewer than 2 seeds in that language"
+            )
     stats = run_self_instruct(run_dir, iteration, seed_frame, engine, model, settings)
     _report(stats, step_folder(run_dir, iteration, "instructions").root)
     if stats["rows_out"] < stats["requested"]:

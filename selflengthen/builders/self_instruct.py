@@ -2,14 +2,15 @@
 
 Each request shows two instructions from the pool (the seeds plus those accepted so far, in the
 slot's language) as a numbered list inside a trailing assistant message, and the model writes
-the next item (`continue_final_message`). The same model judges each candidate: does it ask for
-a long text (more than 2,000 words)? Candidates with 4–499 words that pass the judge and are not
-duplicates (case and whitespace normalised) are kept; each slot is retried up to `max_retries`
-times. Output: `iter_<k>/instructions/`.
+the next item (`continue_final_message`). The same model judges each candidate, decoding
+greedily (a verdict, not a sample): does it ask for a long text (more than 2,000 words)?
+Candidates with 4–499 words that pass the judge and are not duplicates (case and whitespace
+normalised) are kept; each slot is retried up to `max_retries` times. Output: `iter_<k>/instructions/`.
 """
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import random
 import re
@@ -118,6 +119,7 @@ async def self_instruct_rollout(
     tally = Tally()
     language = document.metadata["language"]
     rng = random.Random(request_seed(settings.sampling.seed, "self-instruct", document.id))
+    judge_sampling = dataclasses.replace(settings.sampling, temperature=0.0)  # a verdict, not a sample
     accepted: str | None = None
     attempt = 0
     for attempt in range(1, settings.max_retries + 1):
@@ -143,7 +145,7 @@ async def self_instruct_rollout(
             {"role": "user", "content": template(language, "judge").substitute(instruction=candidate)}
         ]
         verdict = await chat(
-            generate, question, settings.sampling, (*seed_parts, "judge"), tally, max_tokens=_JUDGE_MAX_TOKENS
+            generate, question, judge_sampling, (*seed_parts, "judge"), tally, max_tokens=_JUDGE_MAX_TOKENS
         )
         if verdict is None:
             break

@@ -204,7 +204,8 @@ def run_inference(
             f"model {model.spec}: the vLLM server failed or was not ready within "
             f"{engine.startup_timeout:.0f} s (server log in {work / 'server_logs'}); rerun to resume"
         ) from None
-    return list(read_rollouts(work / "rollouts"))
+    # One record per document even if a resumed run rewrote a chunk (the last record wins).
+    return list({document.id: document for document in read_rollouts(work / "rollouts")}.values())
 
 
 def read_rollouts(folder: Path) -> Iterator[Document]:

