@@ -39,7 +39,7 @@ from selflengthen.builders.step import (
 )
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
-from selflengthen.errors import SelflengthenError
+from selflengthen.errors import SelflengthenError, require_at_least_one
 from selflengthen.filters import GrowthFilter
 from selflengthen.prompts import template
 from selflengthen.text import count_words
@@ -72,9 +72,7 @@ class ExtendSettings:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
 
     def __post_init__(self) -> None:
-        for flag, value in (("--rounds", self.rounds), ("--max-retries", self.max_retries)):
-            if value < 1:
-                raise SelflengthenError(f"{flag}: must be >= 1, got {value}")
+        require_at_least_one(rounds=self.rounds, max_retries=self.max_retries)
         if not self.min_ratio > 0:
             raise SelflengthenError(f"--min-ratio: must be > 0, got {self.min_ratio}")
 
@@ -143,7 +141,8 @@ async def extend_rollout(
     """Extend one initial response over up to `rounds` rounds (a datatrove rollout function)."""
     tally = Tally()
     instruction, language = document.metadata["instruction"], document.metadata["language"]
-    best, best_words, rounds, attempts = document.text, count_words(document.text), 0, 0
+    initial_words = count_words(document.text)
+    best, best_words, rounds, attempts = document.text, initial_words, 0, 0
     for round_index in range(settings.rounds):
         improved = False
         for attempt in range(1, settings.max_retries + 1):
@@ -159,9 +158,9 @@ async def extend_rollout(
             tally.rejections["not_longer"] += 1
         if not improved:
             break
-    growth = GrowthFilter(min_ratio=settings.min_ratio, source_key="initial_response", source_words_key=None)
+    growth = GrowthFilter(min_ratio=settings.min_ratio, source_words_key="initial_words")
     kept = rounds > 0 and growth.filter(
-        Document(text=best, id=document.id, metadata={"initial_response": document.text})
+        Document(text=best, id=document.id, metadata={"initial_words": initial_words})
     )
     if progress is not None:
         progress.document_done(tally)

@@ -33,7 +33,7 @@ from selflengthen.builders.step import (
 )
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
-from selflengthen.errors import SelflengthenError
+from selflengthen.errors import require_at_least_one
 from selflengthen.prompts import detect_language
 from selflengthen.text import count_words
 
@@ -59,12 +59,9 @@ class GenerateSettings:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
 
     def __post_init__(self) -> None:
-        if self.samples_per_instruction < 1:
-            raise SelflengthenError(
-                f"--samples-per-instruction: must be >= 1, got {self.samples_per_instruction}"
-            )
-        if self.max_retries < 1:
-            raise SelflengthenError(f"--max-retries: must be >= 1, got {self.max_retries}")
+        require_at_least_one(
+            samples_per_instruction=self.samples_per_instruction, max_retries=self.max_retries
+        )
 
 
 async def generate_rollout(
@@ -126,6 +123,7 @@ def run_generate(
     rows, failures = [], {"request_error": 0, "retries_exhausted": 0}
     lineage = json.dumps(settings.sampling.lineage())
     for document in done:
+        language = detect_language(document.text)
         for result in document.metadata.get(RESULTS_KEY, []):
             for sample in result["samples"]:
                 if sample["response"] is None:
@@ -137,7 +135,7 @@ def run_generate(
                         "iteration": iteration,
                         "instruction_id": document.id,
                         "instruction": document.text,
-                        "language": detect_language(document.text),
+                        "language": language,
                         "response": sample["response"],
                         "words": count_words(sample["response"]),
                         "finish_reason": sample["finish_reason"],

@@ -37,7 +37,7 @@ from selflengthen.builders.step import (
 )
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions, request_seed
-from selflengthen.errors import SelflengthenError
+from selflengthen.errors import require_at_least_one
 from selflengthen.prompts import detect_language, judge_yes_words, template
 from selflengthen.text import count_words
 
@@ -64,10 +64,7 @@ class SelfInstructSettings:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
 
     def __post_init__(self) -> None:
-        if self.count < 1:
-            raise SelflengthenError(f"--count: must be >= 1, got {self.count}")
-        if self.max_retries < 1:
-            raise SelflengthenError(f"--max-retries: must be >= 1, got {self.max_retries}")
+        require_at_least_one(count=self.count, max_retries=self.max_retries)
 
 
 def normalise(instruction: str) -> str:

@@ -7,7 +7,7 @@ from functools import cache
 from importlib import resources
 from string import Template
 
-from selflengthen.text import is_cjk, tokens
+from selflengthen.text import token_spans
 
 LANGUAGES = ("en", "zh")
 #: A text is Chinese when at least this share of its words are CJK characters.
@@ -16,9 +16,8 @@ CHINESE_SHARE = 0.3
 
 def detect_language(text: str) -> str:
     """'zh' when CJK characters make up a good share of the words, else 'en'."""
-    words = tokens(text)
-    cjk = sum(1 for word in words if len(word) == 1 and is_cjk(word))
-    return "zh" if words and cjk >= CHINESE_SHARE * len(words) else "en"
+    is_cjk = token_spans(text).is_cjk
+    return "zh" if len(is_cjk) and is_cjk.sum() >= CHINESE_SHARE * len(is_cjk) else "en"
 
 
 @cache
