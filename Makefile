@@ -44,8 +44,8 @@ bench: $(STAMP)  ## Print each benchmark's ratios against its in-run baseline.
 	$(PY) benchmarks/sampler.py
 	$(PY) benchmarks/generation.py
 
-demo: $(STAMP)  ## The main job: self-instruct -> generate -> extend on the embedded model (vLLM, CPU).
-	bash examples/demo.sh
+demo: $(STAMP)  ## The main job: the Self-Lengthen loop (2 iterations) on the embedded model, on the CPU.
+	bash recipes/smollm2-cpu.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out

@@ -16,9 +16,10 @@ from selflengthen import __version__
 from selflengthen.builders.extend import ExtendSettings, run_extend
 from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.sample import length_weighted_sample
-from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct
+from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
 from selflengthen.builders.step import step_folder
 from selflengthen.cli_engine import with_engine_options
+from selflengthen.config import load_config
 from selflengthen.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError
@@ -30,8 +31,8 @@ from selflengthen.filters import (
     RepetitionFilter,
     apply_filters,
 )
-from selflengthen.prompts import detect_language, shipped_seeds
-from selflengthen.tables import check_output, read_table, require_columns, write_table
+from selflengthen.loop import STEPS, parse_iterations, run_loop, summary_table
+from selflengthen.tables import check_output, read_instructions, read_table, require_columns, write_table
 
 app = typer.Typer(
     name="selflengthen",
@@ -41,7 +42,7 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
 )
 
-_state = {"debug": False}
+_state = {"debug": False, "verbose": False}
 RUN_DIR_OPTION = typer.Option("--run-dir", help="The run folder: steps write runs/<name>/iter_<k>/<step>/.")
 ITERATION_OPTION = typer.Option(min=1, help="The macro-iteration k.")
 
@@ -80,6 +81,7 @@ def _options(
 ) -> None:
     """Build long-output training data with the Self-Lengthen method."""
     _state["debug"] = debug
+    _state["verbose"] = verbose
     if not verbose:
         logger.disable("datatrove")
 
@@ -184,26 +186,6 @@ def sample_command(
     typer.echo(f"kept {kept.height} of {frame.height} rows ({share:.1f}%) -> {output_path}")
 
 
-def _load_instructions(path: Path, what: str) -> pl.DataFrame:
-    """Instructions from a user's file: an `instruction` column of non-empty text, and an `id`
-    column (made from the row number when absent)."""
-    frame = read_table(path)
-    require_columns(frame, path, "instruction")
-    if frame.schema["instruction"] != pl.String:
-        raise SelflengthenError(
-            f"{path}: column 'instruction' must hold text, not {frame.schema['instruction']}"
-        )
-    empty = frame.filter(pl.col("instruction").is_null() | (pl.col("instruction").str.strip_chars() == ""))
-    if empty.height:
-        raise SelflengthenError(f"{path}: {empty.height} row(s) with an empty 'instruction'")
-    if "id" not in frame.columns:
-        frame = frame.with_row_index("id").with_columns(pl.format("{}-{}", pl.lit(what), pl.col("id")))
-    frame = frame.with_columns(pl.col("id").cast(pl.String))
-    if frame["id"].n_unique() != frame.height:
-        raise SelflengthenError(f"{path}: column 'id' has duplicate values")
-    return frame
-
-
 def _previous_step(run_dir: Path, iteration: int, step: str, hint: str) -> pl.DataFrame:
     folder = step_folder(run_dir, iteration, step)
     if not folder.finished():
@@ -252,15 +234,7 @@ def self_instruct_command(
 ) -> None:
     """Grow new long-writing instructions from seed instructions (step 1)."""
     settings = SelfInstructSettings(count=count, max_retries=max_retries, sampling=sampling)
-    seed_frame = _load_instructions(seeds, "seed") if seeds else pl.DataFrame(shipped_seeds())
-    if seed_language is not SeedLanguage.all:
-        seed_frame = seed_frame.filter(
-            pl.col("instruction").map_elements(detect_language, return_dtype=pl.String) == seed_language.value
-        )
-        if seed_frame.height < 2:
-            raise SelflengthenError(
-                f"--seed-language {seed_language.value}: fewer than 2 seeds in that language"
-            )
+    seed_frame = seed_instructions(seeds, seed_language.value, "--seed-language")
     stats = run_self_instruct(run_dir, iteration, seed_frame, engine, model, settings)
     _report(stats, step_folder(run_dir, iteration, "instructions").root)
     if stats["rows_out"] < stats["requested"]:
@@ -285,7 +259,7 @@ def generate_command(
     """Answer each instruction with the Generator, filter and sample (step 2)."""
     settings = GenerateSettings(samples_per_instruction, max_retries, sampling)
     frame = (
-        _load_instructions(instructions, "instruction")
+        read_instructions(instructions, "instruction")
         if instructions
         else _previous_step(
             run_dir, iteration, "instructions", "run self-instruct first, or pass --instructions"
@@ -315,6 +289,50 @@ def extend_command(
     initial = _previous_step(run_dir, iteration, "initial", "run generate first")
     stats = run_extend(run_dir, iteration, initial, engine, model, settings)
     _report(stats, step_folder(run_dir, iteration, "extended").root)
+
+
+@app.command("run")
+def run_command(
+    config: Annotated[
+        Path,
+        typer.Option(
+            "--config", help="The run config (e.g. recipes/smollm2-cpu/run.yaml).", show_default=False
+        ),
+    ],
+    iterations: Annotated[
+        str | None,
+        typer.Option(help="Run only these iterations: K or A-B (default: 1..N from the config)."),
+    ] = None,
+    overrides: Annotated[
+        list[str] | None,
+        typer.Option(
+            "--set",
+            help="Override a config key, e.g. --set engine.data_parallel_size=8 (value read as YAML; "
+            "repeatable).",
+        ),
+    ] = None,
+    from_step: Annotated[
+        str | None,
+        typer.Option(
+            help="Redo this step of the first selected iteration and everything after it "
+            f"({', '.join(STEPS)}); earlier outputs are moved to <run>/.replaced/."
+        ),
+    ] = None,
+) -> None:
+    """Run the Self-Lengthen loop: iterations 1..N (self-instruct, generate, extend, build-sft,
+    train), then collect and length-control. Rerunning resumes; finished steps are skipped."""
+    from selflengthen.train.sft import check_recipe  # imports TRL: only when a run starts
+
+    run_config = load_config(config, overrides)
+    check_recipe(run_config.train.recipe)
+    selected = parse_iterations(iterations, run_config.iterations)
+    summary = run_loop(run_config, selected, from_step, verbose=_state["verbose"])
+    with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=200):
+        typer.echo(summary_table(summary))
+    typer.echo(
+        f"long: {summary['long_rows']} rows, final (length control): {summary['final_rows']} rows "
+        f"-> {run_config.folder}"
+    )
 
 
 @app.command("prepare-model")

@@ -108,3 +108,23 @@ def write_table(frame: pl.DataFrame, path: Path, overwrite: bool = False) -> Non
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise
+
+
+def read_instructions(path: Path, what: str) -> pl.DataFrame:
+    """Instructions from a user's file: an `instruction` column of non-empty text, and an `id`
+    column (made from the row number when absent)."""
+    frame = read_table(path)
+    require_columns(frame, path, "instruction")
+    if frame.schema["instruction"] != pl.String:
+        raise SelflengthenError(
+            f"{path}: column 'instruction' must hold text, not {frame.schema['instruction']}"
+        )
+    empty = frame.filter(pl.col("instruction").is_null() | (pl.col("instruction").str.strip_chars() == ""))
+    if empty.height:
+        raise SelflengthenError(f"{path}: {empty.height} row(s) with an empty 'instruction'")
+    if "id" not in frame.columns:
+        frame = frame.with_row_index("id").with_columns(pl.format("{}-{}", pl.lit(what), pl.col("id")))
+    frame = frame.with_columns(pl.col("id").cast(pl.String))
+    if frame["id"].n_unique() != frame.height:
+        raise SelflengthenError(f"{path}: column 'id' has duplicate values")
+    return frame

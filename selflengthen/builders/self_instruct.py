@@ -37,8 +37,9 @@ from selflengthen.builders.step import (
 )
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions, request_seed
-from selflengthen.errors import require_at_least_one
-from selflengthen.prompts import detect_language, judge_yes_words, template
+from selflengthen.errors import SelflengthenError, require_at_least_one
+from selflengthen.prompts import detect_language, judge_yes_words, shipped_seeds, template
+from selflengthen.tables import read_instructions
 from selflengthen.text import count_words
 
 MIN_WORDS, MAX_WORDS = 4, 499
@@ -65,6 +66,19 @@ class SelfInstructSettings:
 
     def __post_init__(self) -> None:
         require_at_least_one(count=self.count, max_retries=self.max_retries)
+
+
+def seed_instructions(path: Path | None, language: str, flag: str) -> pl.DataFrame:
+    """Seeds from a user's file (or ours), keeping only `language` unless it is "all"; `flag`
+    names the setting in errors."""
+    frame = read_instructions(path, "seed") if path else pl.DataFrame(shipped_seeds())
+    if language != "all":
+        frame = frame.filter(
+            pl.col("instruction").map_elements(detect_language, return_dtype=pl.String) == language
+        )
+        if frame.height < 2:
+            raise SelflengthenError(f"{flag} {language}: fewer than 2 seeds in that language")
+    return frame
 
 
 def normalise(instruction: str) -> str:

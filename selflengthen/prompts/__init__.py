@@ -28,6 +28,13 @@ def template(language: str, name: str) -> Template:
 
 
 @cache
+def variants(language: str, name: str) -> tuple[Template, ...]:
+    """The templates of a file that holds one variant per line (e.g. length_about)."""
+    text = resources.files(__package__).joinpath(language, f"{name}.txt").read_text(encoding="utf-8")
+    return tuple(Template(line.strip()) for line in text.splitlines() if line.strip())
+
+
+@cache
 def judge_yes_words(language: str) -> tuple[str, ...]:
     """Answers of the judge that mean yes, lower-cased."""
     text = resources.files(__package__).joinpath(language, "judge_yes.txt").read_text(encoding="utf-8")

@@ -1,0 +1,286 @@
+"""The run configuration: a YAML file <-> a typed, validated object.
+
+Every key is checked before any work starts: an unknown key, a value of the wrong type or a
+missing required value is a one-line error naming the key and the file. Paths inside the file
+(seeds, the TRL recipe, the accelerate config) are relative to the file's own folder.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from selflengthen.engine.models import DEFAULT_MODEL
+from selflengthen.engine.options import (
+    PAPER_MAX_TOKENS,
+    PAPER_SAMPLING,
+    EngineOptions,
+    SamplingOptions,
+    SlurmOptions,
+)
+from selflengthen.errors import SelflengthenError
+
+Positive = Annotated[int, Field(ge=1)]
+Probability = Annotated[float, Field(ge=0, le=1)]
+#: Paths come from YAML as text.
+LaxPath = Annotated[Path, Field(strict=False)]
+CONSTRAINT_TYPES = ("about", "range", "above", "below")
+
+
+class _Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", strict=True, frozen=True)
+
+
+class SlurmSection(_Section):
+    """Generation on a Slurm cluster (see `SlurmOptions`)."""
+
+    partition: Annotated[str, Field(min_length=1)]
+    tasks: Positive = 1
+    time: str = "24:00:00"
+    gpus_per_task: Annotated[int, Field(ge=0)] = 1
+    cpus_per_task: Positive = 8
+    mem_per_cpu_gb: Positive = 8
+    qos: str = "normal"
+    sbatch_args: dict[str, str] = Field(default_factory=dict)
+    poll_seconds: Annotated[float, Field(gt=0)] = 30.0
+
+    def options(self) -> SlurmOptions:
+        return SlurmOptions(
+            **self.model_dump(exclude={"sbatch_args"}), sbatch_args=tuple(self.sbatch_args.items())
+        )
+
+
+class EngineSection(_Section):
+    """How the loop serves its models with vLLM (see `EngineOptions`); the model is set per role.
+    No endpoint here: each iteration serves the roles trained by the previous one."""
+
+    max_model_len: Positive = 4096
+    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
+    tensor_parallel_size: Positive = 1
+    data_parallel_size: Positive = 1
+    host: str = "127.0.0.1"
+    port: Annotated[int, Field(ge=1, le=65535)] | None = None
+    trust_remote_code: bool = False
+    enforce_eager: bool | None = None
+    vllm_args: list[str] = Field(default_factory=list)
+    startup_timeout: Annotated[float, Field(gt=0)] = 900.0
+    concurrency: Positive = 64
+    slurm: SlurmSection | None = None
+
+    def options(self, model: str) -> EngineOptions:
+        fields = self.model_dump(exclude={"vllm_args", "slurm"})
+        slurm = self.slurm.options() if self.slurm else None
+        return EngineOptions(model=model, vllm_args=tuple(self.vllm_args), slurm=slurm, **fields)
+
+
+class SamplingSection(_Section):
+    temperature: Annotated[float, Field(ge=0)] = PAPER_SAMPLING["temperature"]
+    top_p: Annotated[float, Field(gt=0, le=1)] = PAPER_SAMPLING["top_p"]
+    top_k: Annotated[int, Field(ge=-1)] = PAPER_SAMPLING["top_k"]
+    repetition_penalty: Annotated[float, Field(gt=0)] = PAPER_SAMPLING["repetition_penalty"]
+    max_tokens: Positive = PAPER_MAX_TOKENS
+
+
+class SelfInstructSection(_Section):
+    """`model`: who writes the new instructions, the base model or the iteration's Generator
+    (which saves a server start per iteration: the Generator is served for `generate` anyway)."""
+
+    model: Literal["base", "generator"] = "base"
+    count: Positive = 5000
+    max_retries: Positive = 10
+    seed_language: Literal["all", "en", "zh"] = "all"
+    seeds: LaxPath | None = None
+    max_tokens: Positive | None = None
+
+
+class GenerateSection(_Section):
+    samples_per_instruction: Positive = 2
+    max_retries: Positive = 20
+    max_tokens: Positive | None = None
+
+
+class ExtendSection(_Section):
+    rounds: Positive = 3
+    max_retries: Positive = 3
+    min_ratio: Annotated[float, Field(gt=0)] = 1.2
+    max_tokens: Positive | None = None
+
+
+class SftDataSection(_Section):
+    line_drop_probability: Annotated[float, Field(ge=0, lt=1)] = 0.2
+
+
+class TrainSection(_Section):
+    """`recipe` is a YAML file that TRL's own parser reads (`trl sft --config` takes it too)."""
+
+    recipe: LaxPath
+    launcher: Literal["python", "accelerate", "srun-accelerate"] = "python"
+    accelerate_config: LaxPath | None = None
+    accelerate_args: list[str] = Field(default_factory=list)
+
+    @model_validator(mode="after")
+    def _accelerate_needs_config(self) -> TrainSection:
+        if self.launcher == "python" and (self.accelerate_config is not None or self.accelerate_args):
+            raise ValueError(
+                "accelerate_config and accelerate_args need launcher: accelerate or srun-accelerate"
+            )
+        return self
+
+
+class CollectSection(_Section):
+    extra_instructions: Annotated[int, Field(ge=0)] = 0
+
+
+class LengthControlSection(_Section):
+    min_words: Positive = 2000
+    max_words: Positive = 8000
+    round_to: Positive = 1000
+    coarse_round_to: Positive = 2000
+    coarse_probability: Probability = 0.2
+    weights: dict[Literal["about", "range", "above", "below"], Annotated[float, Field(ge=0)]] = Field(
+        default_factory=lambda: {"about": 0.4, "range": 0.25, "above": 0.1, "below": 0.25}
+    )
+
+    @model_validator(mode="after")
+    def _check(self) -> LengthControlSection:
+        if self.min_words > self.max_words:
+            raise ValueError(f"min_words ({self.min_words}) is above max_words ({self.max_words})")
+        if self.min_words < max(self.round_to, self.coarse_round_to):
+            raise ValueError(
+                "min_words must be at least round_to and coarse_round_to (bounds start at one unit)"
+            )
+        if sum(self.weights.values()) <= 0:
+            raise ValueError("weights: at least one constraint type needs a weight above 0")
+        return self
+
+
+class RunConfig(_Section):
+    """One Self-Lengthen run: `iterations` macro-iterations, then collect and length control."""
+
+    name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]
+    run_dir: LaxPath | None = None
+    model: str = DEFAULT_MODEL
+    iterations: Positive = 3
+    seed: int = 0
+    engine: EngineSection = EngineSection()
+    sampling: SamplingSection = SamplingSection()
+    self_instruct: SelfInstructSection = SelfInstructSection()
+    generate: GenerateSection = GenerateSection()
+    extend: ExtendSection = ExtendSection()
+    sft_data: SftDataSection = SftDataSection()
+    train: TrainSection
+    collect: CollectSection = CollectSection()
+    length_control: LengthControlSection = LengthControlSection()
+
+    @property
+    def folder(self) -> Path:
+        return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+
+    def sampling_options(self, max_tokens: int | None = None) -> SamplingOptions:
+        fields = self.sampling.model_dump()
+        if max_tokens is not None:
+            fields["max_tokens"] = max_tokens
+        return SamplingOptions(seed=self.seed, **fields)
+
+    def to_yaml(self) -> str:
+        return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
+
+
+#: What may change between invocations on the same run folder: how many iterations to run, how
+#: to serve the models and how to launch training (e.g. on a different number of GPUs).
+_NOT_IDENTITY: dict[str, Any] = {
+    "iterations": True,
+    "engine": True,
+    "run_dir": True,
+    "train": {"launcher", "accelerate_config", "accelerate_args"},
+}
+
+_PATH_KEYS = (("self_instruct", "seeds"), ("train", "recipe"), ("train", "accelerate_config"))
+
+
+def _describe(error: dict[str, Any]) -> str:
+    where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+    message = error["msg"]
+    if error["type"] not in ("missing", "extra_forbidden") and not isinstance(error["input"], dict | list):
+        message += f" (got {error['input']!r})"
+    elif error["type"] == "extra_forbidden":
+        message = "unknown key"
+    return f"{where}: {message}"
+
+
+def parse_config(data: Any, source: str) -> RunConfig:
+    """Validate a mapping read from `source`; a problem is one line naming the key and the file."""
+    if not isinstance(data, dict):
+        raise SelflengthenError(f"{source}: a run config must be a YAML mapping of keys to values")
+    try:
+        return RunConfig.model_validate(data)
+    except ValidationError as error:
+        raise SelflengthenError(f"{source}: {_describe(error.errors()[0])}") from None
+
+
+def apply_overrides(data: Any, overrides: list[str], source: str) -> Any:
+    """`key.sub=value` settings (values read as YAML) laid over the file's mapping."""
+    if not isinstance(data, dict):
+        return data
+    for override in overrides:
+        key, equals, value = override.partition("=")
+        if not equals or not key:
+            raise SelflengthenError(f"--set {override!r}: expected KEY=VALUE, e.g. engine.concurrency=32")
+        *parents, leaf = key.split(".")
+        node = data
+        for part in parents:
+            node = node.setdefault(part, {})
+            if not isinstance(node, dict):
+                raise SelflengthenError(f"--set {override!r}: {part} in {source} is not a mapping")
+        try:
+            node[leaf] = yaml.safe_load(value)
+        except yaml.YAMLError:
+            raise SelflengthenError(f"--set {override!r}: the value is not valid YAML") from None
+    return data
+
+
+def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
+    """Read and validate a run config (with `--set` overrides); relative paths in it are made
+    absolute from its folder."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        raise SelflengthenError(f"{path}: no such config file") from None
+    except (OSError, UnicodeDecodeError) as error:
+        raise SelflengthenError(f"{path}: cannot read it ({error})") from None
+    try:
+        data = yaml.safe_load(text)
+    except yaml.YAMLError as error:
+        mark = getattr(error, "problem_mark", None)
+        where = f" (line {mark.line + 1})" if mark else ""
+        raise SelflengthenError(f"{path}: not valid YAML{where}") from None
+    data = apply_overrides(data, overrides or [], str(path))
+    if isinstance(data, dict):
+        for section, key in _PATH_KEYS:
+            value = data.get(section, {}).get(key) if isinstance(data.get(section), dict) else None
+            if isinstance(value, str):
+                data[section][key] = (path.parent / value).resolve()
+    config = parse_config(data, str(path))
+    for section, key in _PATH_KEYS:
+        value = getattr(getattr(config, section), key)
+        if value is not None and not value.is_file():
+            raise SelflengthenError(f"{path}: {section}.{key}: no such file {value}")
+    return config
+
+
+def identity_differences(saved: RunConfig, current: RunConfig) -> list[str]:
+    """The keys (dotted) in which two configs describe different runs."""
+    left = saved.model_dump(mode="json", exclude=_NOT_IDENTITY)
+    right = current.model_dump(mode="json", exclude=_NOT_IDENTITY)
+    differences = []
+    for section in left:
+        if isinstance(left[section], dict):
+            differences += [
+                f"{section}.{key}" for key in left[section] if left[section][key] != right[section].get(key)
+            ]
+        elif left[section] != right[section]:
+            differences.append(section)
+    return differences

@@ -1,0 +1,97 @@
+"""One vLLM server shared by consecutive steps that use the same model.
+
+The step commands let datatrove's InferenceRunner start and stop a server per step. The loop
+runs several steps on the same model in a row (iteration 1 uses the base model for all of
+them), so it starts the server once, keeps it while the model stays the same, and has each step
+talk to it as an endpoint. Starting a server takes ~40 s on a CPU and minutes for a 7B model on
+GPUs; this saves one start per step that reuses it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import socket
+import subprocess
+import time
+from pathlib import Path
+
+import httpx
+
+from selflengthen.engine.models import ResolvedModel, prepare_embedded_model
+from selflengthen.engine.options import EngineOptions
+from selflengthen.engine.server import die_with_parent, server_environment, vllm_command
+from selflengthen.errors import SelflengthenError
+
+_POLL_SECONDS = 2.0
+
+
+def _free_port(host: str) -> int:
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
+        probe.bind((host, 0))
+        return int(probe.getsockname()[1])
+
+
+class SharedServer:
+    """Serves one model at a time; `engine_for(model)` starts (or reuses) its server and returns
+    engine options that point the steps at it."""
+
+    def __init__(self, engine: EngineOptions, log_folder: Path, seed: int) -> None:
+        self.engine, self.log_folder, self.seed = engine, log_folder, seed
+        self.model: ResolvedModel | None = None
+        self.process: subprocess.Popen[bytes] | None = None
+        self.url = ""
+
+    def engine_for(self, model: ResolvedModel) -> EngineOptions:
+        if self.engine.slurm is not None:  # every Slurm task serves the model on its own node
+            return dataclasses.replace(self.engine, model=model.source)
+        if self.model != model or not self.alive():
+            self.stop()
+            self._start(model)
+        return dataclasses.replace(self.engine, model=model.source, endpoint=f"{self.url}/v1", port=None)
+
+    def alive(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def _start(self, model: ResolvedModel) -> None:
+        if model.kind == "embedded":
+            prepare_embedded_model(model.spec)
+        port = self.engine.port or _free_port(self.engine.host)
+        command = vllm_command(self.engine, model.source, port, self.seed)
+        self.log_folder.mkdir(parents=True, exist_ok=True)
+        log = self.log_folder / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        print(f"starting vLLM for {model.spec} (log: {log})", flush=True)
+        with log.open("wb") as stream:
+            self.process = subprocess.Popen(
+                command,
+                stdout=stream,
+                stderr=subprocess.STDOUT,
+                env=server_environment(),
+                preexec_fn=die_with_parent,
+            )
+        self.model, self.url = model, f"http://{self.engine.host}:{port}"
+        deadline = time.monotonic() + self.engine.startup_timeout
+        while time.monotonic() < deadline:
+            if not self.alive():
+                self.stop()
+                raise SelflengthenError(f"model {model.spec}: the vLLM server exited at start (log: {log})")
+            try:
+                if httpx.get(f"{self.url}/v1/models", timeout=5).status_code == 200:
+                    return
+            except httpx.HTTPError:
+                pass
+            time.sleep(_POLL_SECONDS)
+        self.stop()
+        raise SelflengthenError(
+            f"model {model.spec}: the vLLM server was not ready within {self.engine.startup_timeout:.0f} s "
+            f"(engine.startup_timeout; log: {log})"
+        )
+
+    def stop(self) -> None:
+        if self.process is not None and self.process.poll() is None:
+            self.process.terminate()
+            try:
+                self.process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+        self.process, self.model = None, None

@@ -1,0 +1,372 @@
+"""`selflengthen run`: the Self-Lengthen loop, iterations 1..N, then collect and length control.
+
+Iteration k: self-instruct (base model; earlier iterations' instructions join the seeds) ->
+generate (Generator k) -> extend (Extender k) -> build-sft -> train (Generator k+1 and
+Extender k+1, saved in `models/iter_<k>/`). Generator 1 and Extender 1 are the base model.
+
+Resuming works at step granularity: a finished step is skipped, an unfinished one continues
+from its checkpoints. Once a step has actually run, every later step is redone (its old output,
+made from the old inputs, is moved to `.replaced/`), and `--from-step` forces that from a step
+of the first selected iteration on purpose. Nothing is deleted.
+"""
+
+from __future__ import annotations
+
+import fcntl
+import json
+import os
+import shutil
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+import yaml
+
+from selflengthen.builders.collect import long_folder, run_collect
+from selflengthen.builders.extend import ExtendSettings, run_extend
+from selflengthen.builders.generate import GenerateSettings, run_generate
+from selflengthen.builders.length_control import final_folder, run_length_control
+from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
+from selflengthen.builders.sft_data import SFT_STEPS, run_build_sft
+from selflengthen.builders.step import StepFolder, step_folder, write_json_atomic
+from selflengthen.config import RunConfig, identity_differences, parse_config
+from selflengthen.engine.models import ResolvedModel, resolve_model
+from selflengthen.engine.shared_server import SharedServer
+from selflengthen.errors import SelflengthenError
+from selflengthen.train.roles import ROLES, Launch, train_role, trained_role
+
+ITERATION_STEPS = ("self-instruct", "generate", "extend", "build-sft", "train")
+FINAL_STEPS = ("collect", "length-control")
+STEPS = ITERATION_STEPS + FINAL_STEPS
+_STEP_FOLDERS = {"self-instruct": ("instructions",), "generate": ("initial",), "extend": ("extended",)}
+
+
+def parse_iterations(spec: str | None, total: int) -> range:
+    """`None` -> 1..total; "k" -> k; "a-b" -> a..b (within 1..total)."""
+    if spec is None:
+        return range(1, total + 1)
+    try:
+        first, _, last = spec.partition("-")
+        selected = range(int(first), int(last or first) + 1)
+    except ValueError:
+        raise SelflengthenError(f"--iterations: expected K or A-B, got {spec!r}") from None
+    if not selected or selected.start < 1 or selected.stop - 1 > total:
+        raise SelflengthenError(f"--iterations {spec}: the config has iterations 1..{total}")
+    return selected
+
+
+def role_model(config: RunConfig, run_dir: Path, iteration: int, role: str) -> ResolvedModel:
+    """Generator/Extender k: the base model for k = 1, else the role trained in iteration k-1."""
+    if iteration == 1:
+        return resolve_model(config.model, prepare=False)
+    trained = trained_role(run_dir, iteration - 1, role)
+    if not trained.finished():
+        raise SelflengthenError(
+            f"{trained.folder}: the {role} of iteration {iteration - 1} is not trained "
+            f"(run iteration {iteration - 1} first)"
+        )
+    return resolve_model(str(trained.merged))
+
+
+@dataclass
+class Runner:
+    """Walks the steps in order, skipping finished ones and redoing stale ones."""
+
+    config: RunConfig
+    run_dir: Path
+    server: SharedServer
+    force_from: tuple[int, str] | None = None
+    verbose: bool = False
+    upstream_ran: bool = False
+    replaced: list[str] = field(default_factory=list)
+
+    def step(self, name: str, iteration: int | None, folders: list[Path], action: Callable[[], Any]) -> bool:
+        """Run `action` unless its output `folders` are finished and nothing before it ran.
+        Returns whether it ran."""
+        forced = self.force_from == (iteration, name)
+        finished = all(_finished(folder) for folder in folders)
+        if finished and not forced and not self.upstream_ran:
+            return False
+        if forced or self.upstream_ran:
+            self._move_aside(folders)
+        label = f"iteration {iteration}/{self.config.iterations}: {name}" if iteration else name
+        print(f"== {label}", flush=True)
+        self.upstream_ran = True
+        action()
+        return True
+
+    def _move_aside(self, folders: list[Path]) -> None:
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        for folder in folders:
+            if folder.exists():
+                target = self.run_dir / ".replaced" / stamp / folder.relative_to(self.run_dir)
+                target.parent.mkdir(parents=True, exist_ok=True)
+                shutil.move(folder, target)
+                self.replaced.append(str(target))
+
+
+def _finished(folder: Path) -> bool:
+    return StepFolder(folder).finished() if folder.name not in ROLES else folder.is_dir()
+
+
+def empty_extended_error(iteration: int, stats: dict[str, Any], folder: Path) -> SelflengthenError:
+    reasons = ", ".join(f"{reason} {count}" for reason, count in list(stats["rejected_attempts"].items())[:5])
+    failed = ", ".join(f"{reason} {count}" for reason, count in stats["failed_rows"].items() if count)
+    return SelflengthenError(
+        f"iteration {iteration}: extend kept no rows, nothing to train on "
+        f"({stats['rows_in']} initial rows; failed: {failed or 'none'}; rejected attempts: "
+        f"{reasons or 'none'}; see {folder / 'stats.json'}); try more extend.rounds/max_retries "
+        "or a larger max_tokens in a new run"
+    )
+
+
+@contextmanager
+def run_lock(run_dir: Path) -> Iterator[None]:
+    """One `selflengthen run` per run folder at a time."""
+    run_dir.mkdir(parents=True, exist_ok=True)
+    with (run_dir / ".lock").open("w") as handle:
+        try:
+            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except BlockingIOError:
+            raise SelflengthenError(f"{run_dir}: another selflengthen run is using this run folder") from None
+        handle.write(f"{os.getpid()}\n")
+        handle.flush()
+        yield
+
+
+def save_config(config: RunConfig, run_dir: Path) -> None:
+    """Refuse a run folder made by a different config; then save the resolved config and the
+    TRL recipe with the run."""
+    saved_path, recipe_copy = run_dir / "config.yaml", run_dir / "train_recipe.yaml"
+    recipe_text = config.train.recipe.read_text(encoding="utf-8")
+    if saved_path.is_file():
+        saved = parse_config(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
+        differences = identity_differences(saved, config)
+        if recipe_copy.is_file() and recipe_copy.read_text(encoding="utf-8") != recipe_text:
+            differences.append(f"the training recipe ({config.train.recipe})")
+        if differences:
+            raise SelflengthenError(
+                f"{run_dir}: made with a different config ({', '.join(differences)} differ from "
+                f"{saved_path}); use another run_dir or name"
+            )
+    _write_text_atomic(saved_path, config.to_yaml())
+    _write_text_atomic(recipe_copy, recipe_text)
+
+
+def _write_text_atomic(path: Path, text: str) -> None:
+    temporary = path.with_name(f".{path.name}.tmp")
+    temporary.write_text(text, encoding="utf-8")
+    os.replace(temporary, path)
+
+
+def run_loop(
+    config: RunConfig, iterations: range, from_step: str | None = None, verbose: bool = False
+) -> dict[str, Any]:
+    """Run the selected iterations (and, when they reach the last one, collect and length control)."""
+    run_dir = config.folder
+    with run_lock(run_dir):
+        save_config(config, run_dir)
+        server = SharedServer(config.engine.options(config.model), run_dir / "server_logs", config.seed)
+        runner = Runner(config, run_dir, server, _force_point(from_step, iterations), verbose)
+        try:
+            for iteration in iterations:
+                _run_iteration(runner, iteration)
+            if iterations.stop - 1 == config.iterations:
+                _run_final(runner)
+        finally:
+            server.stop()
+        summary = run_summary(run_dir, config.iterations)
+        write_json_atomic(summary, run_dir / "summary.json")
+    if runner.replaced:
+        print(f"moved {len(runner.replaced)} earlier output folder(s) to {run_dir / '.replaced'}")
+    return summary
+
+
+def _force_point(from_step: str | None, iterations: range) -> tuple[int | None, str] | None:
+    if from_step is None:
+        return None
+    if from_step not in STEPS:
+        raise SelflengthenError(f"--from-step: unknown step {from_step!r} (choose from {', '.join(STEPS)})")
+    return (None, from_step) if from_step in FINAL_STEPS else (iterations.start, from_step)
+
+
+def _run_iteration(runner: Runner, iteration: int) -> None:
+    config, run_dir, server = runner.config, runner.run_dir, runner.server
+
+    def folders(step: str) -> list[Path]:
+        return [step_folder(run_dir, iteration, name).root for name in _STEP_FOLDERS[step]]
+
+    def read(step: str) -> pl.DataFrame:
+        return step_folder(run_dir, iteration, step).read()
+
+    runner.step(
+        "self-instruct",
+        iteration,
+        folders("self-instruct"),
+        lambda: _self_instruct(runner, iteration, config.self_instruct.count),
+    )
+    runner.step(
+        "generate",
+        iteration,
+        folders("generate"),
+        lambda: _generate(runner, iteration, read("instructions")),
+    )
+    runner.step("extend", iteration, folders("extend"), lambda: _extend(runner, iteration, read("initial")))
+    extended_folder = step_folder(run_dir, iteration, "extended")
+    stats = json.loads(extended_folder.stats.read_text())
+    if stats["rows_out"] == 0:
+        raise empty_extended_error(iteration, stats, extended_folder.root)
+    runner.step(
+        "build-sft",
+        iteration,
+        [step_folder(run_dir, iteration, name).root for name in SFT_STEPS],
+        lambda: run_build_sft(
+            run_dir, iteration, read("extended"), config.sft_data.line_drop_probability, config.seed
+        ),
+    )
+    launch = Launch(
+        config.train.launcher,
+        config.train.accelerate_config,
+        tuple(config.train.accelerate_args),
+        config.engine.trust_remote_code,
+        runner.verbose,
+    )
+
+    def train_both() -> None:
+        server.stop()  # training needs the memory
+        base = resolve_model(config.model).source
+        for role in ROLES:
+            train_role(run_dir, iteration, role, base, config.train.recipe, launch)
+
+    runner.step(
+        "train", iteration, [trained_role(run_dir, iteration, role).folder for role in ROLES], train_both
+    )
+
+
+def _generate(runner: Runner, iteration: int, instructions: pl.DataFrame) -> None:
+    config = runner.config
+    generator = role_model(config, runner.run_dir, iteration, "generator")
+    section = config.generate
+    settings = GenerateSettings(
+        section.samples_per_instruction, section.max_retries, config.sampling_options(section.max_tokens)
+    )
+    run_generate(
+        runner.run_dir, iteration, instructions, runner.server.engine_for(generator), generator, settings
+    )
+
+
+def _extend(runner: Runner, iteration: int, initial: pl.DataFrame) -> None:
+    config = runner.config
+    extender = role_model(config, runner.run_dir, iteration, "extender")
+    section = config.extend
+    settings = ExtendSettings(
+        section.rounds, section.max_retries, section.min_ratio, config.sampling_options(section.max_tokens)
+    )
+    run_extend(runner.run_dir, iteration, initial, runner.server.engine_for(extender), extender, settings)
+
+
+def _self_instruct(runner: Runner, iteration: int, count: int) -> None:
+    """Self-instruct for `iteration` (with the base model, or Generator k when the config says
+    so); earlier iterations' instructions join the seeds (as examples, and so that they are not
+    produced again)."""
+    config, run_dir = runner.config, runner.run_dir
+    section = config.self_instruct
+    seeds = seed_instructions(section.seeds, section.seed_language, "self_instruct.seed_language")
+    earlier = [
+        step_folder(run_dir, k, "instructions").read().select("id", "instruction")
+        for k in range(1, iteration)
+        if step_folder(run_dir, k, "instructions").finished()
+    ]
+    pool = pl.concat([seeds.select(pl.col("id").cast(pl.String), "instruction"), *earlier])
+    model = (
+        role_model(config, run_dir, iteration, "generator")
+        if section.model == "generator"
+        else resolve_model(config.model, prepare=False)
+    )
+    settings = SelfInstructSettings(count, section.max_retries, config.sampling_options(section.max_tokens))
+    run_self_instruct(run_dir, iteration, pool, runner.server.engine_for(model), model, settings)
+
+
+def _run_final(runner: Runner) -> None:
+    config, run_dir = runner.config, runner.run_dir
+    last = config.iterations
+    extra = config.collect.extra_instructions
+    if extra:
+        # The paper's extra data: the final Generator answers new self-instructed prompts
+        # (stored as iteration N + 1's instructions and initial answers).
+        runner.step(
+            "self-instruct (extra)",
+            last + 1,
+            [step_folder(run_dir, last + 1, "instructions").root],
+            lambda: _self_instruct(runner, last + 1, extra),
+        )
+        runner.step(
+            "generate (extra)",
+            last + 1,
+            [step_folder(run_dir, last + 1, "initial").root],
+            lambda: _generate(runner, last + 1, step_folder(run_dir, last + 1, "instructions").read()),
+        )
+    runner.server.stop()
+    runner.step("collect", None, [long_folder(run_dir).root], lambda: run_collect(run_dir, last, bool(extra)))
+    runner.step(
+        "length-control",
+        None,
+        [final_folder(run_dir).root],
+        lambda: run_length_control(run_dir, long_folder(run_dir).read(), config.length_control, config.seed),
+    )
+
+
+def _stats(folder: StepFolder) -> dict[str, Any] | None:
+    return json.loads(folder.stats.read_text()) if folder.finished() else None
+
+
+def run_summary(run_dir: Path, iterations: int) -> dict[str, Any]:
+    """Per iteration: rows and word lengths of each step, and each role's training loss (from
+    the stats the steps wrote)."""
+    rows = []
+    for iteration in range(1, iterations + 1):
+        row: dict[str, Any] = {"iteration": iteration}
+        for step in ("instructions", "initial", "extended"):
+            stats = _stats(step_folder(run_dir, iteration, step))
+            row[step] = stats["rows_out"] if stats else None
+            if step != "instructions":
+                row[f"{step}_words"] = stats["words"] if stats else None
+        for role in ROLES:
+            trained = trained_role(run_dir, iteration, role)
+            row[f"{role}_loss"] = round(trained.result()["training_loss"], 4) if trained.finished() else None
+        rows.append(row)
+    final = {
+        name: _stats(folder)
+        for name, folder in (("long", long_folder(run_dir)), ("final", final_folder(run_dir)))
+    }
+    return {
+        "iterations": rows,
+        **{f"{name}_rows": stats["rows_out"] if stats else None for name, stats in final.items()},
+    }
+
+
+def summary_table(summary: dict[str, Any]) -> pl.DataFrame:
+    """The per-iteration summary as a table for the terminal."""
+
+    def words(shape: dict[str, Any] | None) -> str:
+        return f"{shape['mean']} / {shape['median']} / {shape['max']}" if shape and shape["mean"] else "-"
+
+    return pl.DataFrame(
+        [
+            {
+                "iter": row["iteration"],
+                "instructions": row["instructions"],
+                "initial": row["initial"],
+                "initial words mean/median/max": words(row["initial_words"]),
+                "extended": row["extended"],
+                "extended words mean/median/max": words(row["extended_words"]),
+                "generator loss": row["generator_loss"],
+                "extender loss": row["extender_loss"],
+            }
+            for row in summary["iterations"]
+        ]
+    )

@@ -1,0 +1,180 @@
+"""Train one role (Generator or Extender) of a macro-iteration and merge it for serving.
+
+`runs/<name>/models/iter_<k>/<role>/` holds `adapter/` (the LoRA adapter, with
+`train_result.json`) and `merged/` (base + adapter, with the base's tokenizer and chat template,
+which vLLM serves as the role in iteration k + 1). Iteration k > 1 continues from iteration
+k - 1's adapter. Everything is written into `.<role>.partial/` and renamed into place at the end,
+so the role folder exists only when complete; a killed training starts again from scratch.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shlex
+import shutil
+import subprocess
+import sys
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from selflengthen.errors import SelflengthenError
+
+ROLES = ("generator", "extender")
+#: The paper's training settings: what a recipe does not set. (LoRA on all linear layers,
+#: lr 1e-4, 4 epochs, cosine schedule, warmup 0.1, batch 1, 16,384 tokens; bf16 on GPUs.)
+PAPER_TRAINING: dict[str, Any] = {
+    "use_peft": True,
+    "lora_target_modules": "all-linear",
+    "learning_rate": 1.0e-4,
+    "num_train_epochs": 4,
+    "lr_scheduler_type": "cosine",
+    "warmup_steps": 0.1,
+    "per_device_train_batch_size": 1,
+    "max_length": 16384,
+    "save_strategy": "no",
+    "report_to": "none",
+}
+#: The SFT dataset each role learns from.
+ROLE_DATASETS = {"generator": "gen_sft", "extender": "ext_sft"}
+
+
+@dataclass(frozen=True)
+class TrainedRole:
+    folder: Path
+
+    @property
+    def adapter(self) -> Path:
+        return self.folder / "adapter"
+
+    @property
+    def merged(self) -> Path:
+        return self.folder / "merged"
+
+    def finished(self) -> bool:
+        return self.folder.is_dir()
+
+    def result(self) -> dict[str, Any]:
+        return json.loads((self.adapter / "train_result.json").read_text())
+
+
+def trained_role(run_dir: Path, iteration: int, role: str) -> TrainedRole:
+    return TrainedRole(run_dir / "models" / f"iter_{iteration}" / role)
+
+
+#: On each node of a Slurm allocation: accelerate's multi-node flags from Slurm's variables (the
+#: first node is the main process).
+_SLURM_NODE_FLAGS = (
+    '--num_machines "$SLURM_NNODES" --machine_rank "$SLURM_NODEID" '
+    '--main_process_ip "${MASTER_ADDR:-$(scontrol show hostnames "$SLURM_JOB_NODELIST" | head -n 1)}" '
+    '--main_process_port "${MASTER_PORT:-29500}"'
+)
+
+
+@dataclass(frozen=True)
+class Launch:
+    """How the SFT process is started: plain Python, `accelerate launch` (the GPUs of this
+    machine), or `srun-accelerate` (one `accelerate launch` per node of a Slurm allocation)."""
+
+    launcher: str = "python"
+    accelerate_config: Path | None = None
+    accelerate_args: tuple[str, ...] = ()
+    trust_remote_code: bool = False
+    verbose: bool = False
+
+    def command(self, arguments: list[str]) -> list[str]:
+        script = ["-m", "selflengthen.train.sft", *arguments]
+        if self.launcher == "python":
+            return [sys.executable, *script]
+        config = ["--config_file", str(self.accelerate_config)] if self.accelerate_config else []
+        accelerate = [sys.executable, "-m", "accelerate.commands.launch", *config, *self.accelerate_args]
+        if self.launcher == "accelerate":
+            return accelerate + script
+        on_each_node = f"{shlex.join(accelerate)} {_SLURM_NODE_FLAGS} {shlex.join(script)}"
+        return ["srun", "--ntasks-per-node=1", "bash", "-c", on_each_node]
+
+
+def train_role(
+    run_dir: Path,
+    iteration: int,
+    role: str,
+    base_model: str,
+    recipe: Path,
+    launch: Launch,
+) -> dict[str, Any]:
+    """Train `role` on `iter_<iteration>/<its SFT dataset>/` (or return the finished result)."""
+    target = trained_role(run_dir, iteration, role)
+    if target.finished():
+        return target.result()
+    dataset = run_dir / f"iter_{iteration}" / ROLE_DATASETS[role] / "data"
+    if not dataset.is_dir():
+        raise SelflengthenError(f"{dataset}: no SFT data for the {role} (run build-sft first)")
+    staging = TrainedRole(target.folder.with_name(f".{role}.partial"))
+    shutil.rmtree(staging.folder, ignore_errors=True)
+    staging.folder.mkdir(parents=True)
+    effective = staging.folder / "recipe.yaml"
+    effective.write_text(yaml.safe_dump(effective_recipe(recipe), sort_keys=False))
+    arguments = [
+        "--config", str(effective),
+        "--model_name_or_path", base_model,
+        "--dataset_name", str(dataset),
+        "--output_dir", str(staging.adapter),
+    ]  # fmt: skip
+    if iteration > 1:
+        previous = trained_role(run_dir, iteration - 1, role)
+        if not previous.finished():
+            raise SelflengthenError(f"{previous.folder}: iteration {iteration - 1}'s {role} is not trained")
+        arguments += ["--previous_adapter", str(previous.adapter)]
+    if launch.trust_remote_code:
+        arguments.append("--trust_remote_code")
+    log = staging.folder / "train.log"
+    environment = os.environ | ({} if launch.verbose else {"TRANSFORMERS_VERBOSITY": "error"})
+    started = time.monotonic()
+    print(f"train {role} (iter {iteration}): log in {log}", file=sys.stderr, flush=True)
+    with log.open("w") as stream:
+        # stderr stays on the terminal: it carries the trainer's progress bar.
+        exit_code = subprocess.run(launch.command(arguments), stdout=stream, env=environment).returncode
+    if exit_code != 0:
+        raise SelflengthenError(
+            f"training the {role} of iteration {iteration} failed (exit {exit_code}); "
+            f"see {log} and the output above"
+        )
+    merge_adapter(base_model, staging.adapter, staging.merged, launch.trust_remote_code)
+    result = staging.result() | {"seconds": round(time.monotonic() - started, 1)}
+    (staging.adapter / "train_result.json").write_text(json.dumps(result, indent=2))
+    staging.folder.rename(target.folder)
+    return result
+
+
+def effective_recipe(recipe: Path) -> dict[str, Any]:
+    """The recipe's keys over the paper's defaults; bf16 on GPUs and `use_cpu` without one,
+    unless the recipe says otherwise."""
+    import torch
+
+    on_gpu = torch.cuda.is_available()
+    device = {"bf16": on_gpu, "use_cpu": not on_gpu}
+    return PAPER_TRAINING | device | yaml.safe_load(recipe.read_text(encoding="utf-8"))
+
+
+def merge_adapter(base_model: str, adapter: Path, output: Path, trust_remote_code: bool = False) -> None:
+    """Save base + adapter as one model (in the base's dtype) with the base's tokenizer files.
+
+    The merge is done in float32 so that small LoRA updates are not rounded away before the
+    final cast."""
+    import torch
+    from peft import PeftModel
+    from transformers import AutoConfig, AutoModelForCausalLM, AutoTokenizer
+
+    dtype = AutoConfig.from_pretrained(base_model, trust_remote_code=trust_remote_code).dtype or torch.float32
+    if isinstance(dtype, str):
+        dtype = getattr(torch, dtype)
+    base = AutoModelForCausalLM.from_pretrained(
+        base_model, dtype=torch.float32, trust_remote_code=trust_remote_code
+    )
+    merged = PeftModel.from_pretrained(base, str(adapter)).merge_and_unload()
+    merged.to(dtype).save_pretrained(output, safe_serialization=True)
+    AutoTokenizer.from_pretrained(base_model, trust_remote_code=trust_remote_code).save_pretrained(output)

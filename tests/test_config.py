@@ -1,0 +1,137 @@
+from pathlib import Path
+
+import pytest
+import yaml
+
+from selflengthen.config import RunConfig, identity_differences, load_config, parse_config
+from selflengthen.errors import SelflengthenError
+from selflengthen.train.sft import check_recipe
+
+RECIPES = Path(__file__).resolve().parent.parent / "recipes"
+RUN_CONFIGS = sorted(RECIPES.glob("*/run.yaml"))
+
+
+def write_config(folder: Path, data: dict) -> Path:
+    (folder / "sft.yaml").write_text("learning_rate: 1.0e-4\nuse_peft: true\n")
+    path = folder / "run.yaml"
+    path.write_text(yaml.safe_dump({"name": "t", "train": {"recipe": "sft.yaml"}} | data))
+    return path
+
+
+@pytest.mark.parametrize("path", RUN_CONFIGS, ids=lambda path: path.parent.name)
+def test_shipped_recipes_load_and_their_trl_yaml_is_known_to_trl(path: Path) -> None:
+    config = load_config(path)
+    assert config.train.recipe.is_file() and config.train.recipe.is_absolute()
+    check_recipe(config.train.recipe)
+    if config.train.accelerate_config is not None:
+        assert (
+            yaml.safe_load(config.train.accelerate_config.read_text())["deepspeed_config"]["zero_stage"] == 3
+        )
+
+
+def test_shipped_recipes_cover_three_models() -> None:
+    assert {path.parent.name for path in RUN_CONFIGS} == {"qwen2", "llama3", "smollm2-cpu", "slurm"}
+    for script in ("qwen2.sh", "llama3.sh", "smollm2-cpu.sh"):
+        assert (RECIPES / script).is_file()
+
+
+@pytest.mark.parametrize(
+    ("data", "expected"),
+    [
+        ({"extend": {"roundz": 3}}, "extend.roundz: unknown key"),
+        ({"extend": {"rounds": "3"}}, "extend.rounds: Input should be a valid integer (got '3')"),
+        ({"self_instruct": {"count": 0}}, "self_instruct.count: Input should be greater than or equal to 1"),
+        ({"iterations": 2.5}, "iterations: Input should be a valid integer"),
+        ({"engine": {"endpoint": "http://x"}}, "engine.endpoint: unknown key"),
+        (
+            {"self_instruct": {"seed_language": "fr"}},
+            "self_instruct.seed_language: Input should be 'all', 'en'",
+        ),
+        ({"length_control": {"min_words": 9000}}, "length_control: Value error, min_words (9000) is above"),
+        ({"length_control": {"weights": {"roughly": 1.0}}}, "length_control.weights.roughly.[key]"),
+        ({"train": {"recipe": "missing.yaml"}}, "train.recipe: no such file"),
+    ],
+)
+def test_bad_values_name_the_key_and_the_file(tmp_path: Path, data: dict, expected: str) -> None:
+    path = write_config(tmp_path, data)
+    with pytest.raises(SelflengthenError) as error:
+        load_config(path)
+    message = str(error.value)
+    assert message.startswith(f"{path}: ") and expected in message and "\n" not in message
+
+
+def test_missing_required_values_and_bad_yaml(tmp_path: Path) -> None:
+    with pytest.raises(SelflengthenError, match=r"train: Field required"):
+        parse_config({"name": "x"}, "run.yaml")
+    with pytest.raises(SelflengthenError, match=r"run.yaml: a run config must be a YAML mapping"):
+        parse_config(["name"], "run.yaml")
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("name: [unclosed\n")
+    with pytest.raises(SelflengthenError, match=r"bad.yaml: not valid YAML \(line 2\)"):
+        load_config(bad)
+    with pytest.raises(SelflengthenError, match=r"nope.yaml: no such config file"):
+        load_config(tmp_path / "nope.yaml")
+
+
+def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
+    path = write_config(tmp_path, {})
+    config = load_config(
+        path,
+        [
+            "engine.data_parallel_size=4",
+            "train.launcher=accelerate",
+            "train.accelerate_args=[--num_processes, '4']",
+        ],
+    )
+    assert config.engine.data_parallel_size == 4
+    assert config.train.accelerate_args == ["--num_processes", "4"]
+    with pytest.raises(SelflengthenError, match=r"engine.concurrency: Input should be a valid integer"):
+        load_config(path, ["engine.concurrency=many"])
+    with pytest.raises(
+        SelflengthenError, match=r"train: Value error, accelerate_config and accelerate_args need"
+    ):
+        load_config(path, ["train.accelerate_args=[--num_processes, '4']"])
+    with pytest.raises(SelflengthenError, match=r"--set 'engine': expected KEY=VALUE"):
+        load_config(path, ["engine"])
+
+
+def test_identity_ignores_how_the_run_is_served_but_not_what_it_makes(tmp_path: Path) -> None:
+    base = load_config(write_config(tmp_path, {}))
+    served = base.model_copy(
+        update={"iterations": 5, "engine": base.engine.model_copy(update={"concurrency": 8})}
+    )
+    assert identity_differences(base, served) == []
+    changed = base.model_copy(update={"extend": base.extend.model_copy(update={"rounds": 1}), "seed": 3})
+    assert identity_differences(base, changed) == ["seed", "extend.rounds"]
+
+
+def test_defaults_are_the_papers() -> None:
+    config = RunConfig.model_validate({"name": "x", "train": {"recipe": "r.yaml"}})
+    assert (config.iterations, config.self_instruct.count, config.generate.samples_per_instruction) == (
+        3,
+        5000,
+        2,
+    )
+    assert (config.extend.rounds, config.extend.min_ratio, config.sft_data.line_drop_probability) == (
+        3,
+        1.2,
+        0.2,
+    )
+    sampling = config.sampling_options()
+    assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_tokens) == (
+        0.7,
+        0.8,
+        20,
+        16384,
+    )
+    assert config.folder == Path("runs/x")
+    assert config.length_control.weights == {"about": 0.4, "range": 0.25, "above": 0.1, "below": 0.25}
+
+
+def test_recipe_check_names_an_unknown_trl_key(tmp_path: Path) -> None:
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text("learning_rate: 1.0e-4\nwarmup_ratio: 0.1\n")
+    with pytest.raises(
+        SelflengthenError, match=r"sft.yaml: warmup_ratio: not an argument of TRL's SFT script"
+    ):
+        check_recipe(recipe)
