@@ -79,15 +79,22 @@ class Runner:
     config: RunConfig
     run_dir: Path
     server: SharedServer
-    force_from: tuple[int, str] | None = None
+    force_from: tuple[int | None, str] | None = None
     verbose: bool = False
     upstream_ran: bool = False
     replaced: list[str] = field(default_factory=list)
 
-    def step(self, name: str, iteration: int | None, folders: list[Path], action: Callable[[], Any]) -> bool:
-        """Run `action` unless its output `folders` are finished and nothing before it ran.
-        Returns whether it ran."""
-        forced = self.force_from == (iteration, name)
+    def step(
+        self,
+        name: str,
+        iteration: int | None,
+        folders: list[Path],
+        action: Callable[[], Any],
+        stale: bool = False,
+    ) -> bool:
+        """Run `action` unless its output `folders` are finished and nothing before it ran (or
+        the caller knows them to be `stale`). Returns whether it ran."""
+        forced = stale or self.force_from == (iteration, name)
         finished = all(_finished(folder) for folder in folders)
         if finished and not forced and not self.upstream_ran:
             return False
@@ -128,11 +135,12 @@ def empty_extended_error(iteration: int, stats: dict[str, Any], folder: Path) ->
 def run_lock(run_dir: Path) -> Iterator[None]:
     """One `selflengthen run` per run folder at a time."""
     run_dir.mkdir(parents=True, exist_ok=True)
-    with (run_dir / ".lock").open("w") as handle:
+    with (run_dir / ".lock").open("a+") as handle:  # not "w": that would empty the holder's file
         try:
             fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
         except BlockingIOError:
             raise SelflengthenError(f"{run_dir}: another selflengthen run is using this run folder") from None
+        handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
         handle.flush()
         yield
@@ -168,10 +176,13 @@ def run_loop(
 ) -> dict[str, Any]:
     """Run the selected iterations (and, when they reach the last one, collect and length control)."""
     run_dir = config.folder
+    force_from = _force_point(from_step, iterations)
+    section = config.self_instruct  # a bad seeds file fails now, not an iteration later
+    seed_instructions(section.seeds, section.seed_language, "self_instruct.seed_language")
     with run_lock(run_dir):
         save_config(config, run_dir)
         server = SharedServer(config.engine.options(config.model), run_dir / "server_logs", config.seed)
-        runner = Runner(config, run_dir, server, _force_point(from_step, iterations), verbose)
+        runner = Runner(config, run_dir, server, force_from, verbose)
         try:
             for iteration in iterations:
                 _run_iteration(runner, iteration)
@@ -311,13 +322,27 @@ def _run_final(runner: Runner) -> None:
             lambda: _generate(runner, last + 1, step_folder(run_dir, last + 1, "instructions").read()),
         )
     runner.server.stop()
-    runner.step("collect", None, [long_folder(run_dir).root], lambda: run_collect(run_dir, last, bool(extra)))
+    collected = _stats(long_folder(run_dir))
+    runner.step(
+        "collect",
+        None,
+        [long_folder(run_dir).root],
+        lambda: run_collect(run_dir, last, bool(extra)),
+        stale=collected is not None and collected["sources"] != _collect_sources(run_dir, last, bool(extra)),
+    )
     runner.step(
         "length-control",
         None,
         [final_folder(run_dir).root],
         lambda: run_length_control(run_dir, long_folder(run_dir).read(), config.length_control, config.seed),
     )
+
+
+def _collect_sources(run_dir: Path, iterations: int, extra: bool) -> dict[str, int]:
+    """The row count of each step folder `collect` reads, as its stats record them."""
+    steps = [(k, step) for k in range(1, iterations + 1) for step in ("initial", "extended")]
+    steps += [(iterations + 1, "initial")] if extra else []
+    return {f"iter_{k}/{step}": _stats(step_folder(run_dir, k, step))["rows_out"] for k, step in steps}
 
 
 def _stats(folder: StepFolder) -> dict[str, Any] | None:

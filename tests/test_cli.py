@@ -172,3 +172,31 @@ def test_unreachable_endpoint_is_one_line_and_leaks_no_key(tmp_path: Path) -> No
     written = [path for path in (tmp_path / "run").rglob("*") if path.is_file()]
     assert written and not [path for path in written if secret.encode() in path.read_bytes()]
     assert secret not in result.stdout + result.stderr
+
+
+@pytest.mark.parametrize(
+    ("yaml_text", "message"),
+    [
+        ("name: t\ntrain: {recipe: sft.yaml}\nextend: {roundz: 2}\n", "run.yaml: extend.roundz: unknown key"),
+        (
+            "name: t\ntrain: {recipe: sft.yaml}\niterations: two\n",
+            "run.yaml: iterations: Input should be a valid",
+        ),
+        ("name: t\n", "run.yaml: train: Field required"),
+        ("name: t\ntrain: {recipe: bad_sft.yaml}\n", "bad_sft.yaml: warmup_ratio: not an argument of TRL"),
+        (
+            "name: t\ntrain: {recipe: sft.yaml}\nself_instruct: {seeds: seeds.jsonl}\n",
+            "seeds.jsonl: no column",
+        ),
+    ],
+)
+def test_run_refuses_a_bad_config_before_any_work(tmp_path: Path, yaml_text: str, message: str) -> None:
+    (tmp_path / "sft.yaml").write_text("learning_rate: 1.0e-4\n")
+    (tmp_path / "bad_sft.yaml").write_text("warmup_ratio: 0.1\n")
+    (tmp_path / "seeds.jsonl").write_text('{"prompt": "Write a story."}\n')
+    (tmp_path / "run.yaml").write_text(yaml_text)
+    result = run("run", "--config", "run.yaml", "--set", f"run_dir={tmp_path / 'out'}", cwd=tmp_path)
+    assert result.returncode == 2, result.stderr
+    lines = result.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("selflengthen: error: ") and message in lines[0], lines
+    assert not (tmp_path / "out").exists()

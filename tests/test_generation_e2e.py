@@ -34,12 +34,12 @@ def selflengthen(*args: str | Path) -> subprocess.CompletedProcess[str]:
 @pytest.fixture(scope="module")
 def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
-    selflengthen("self-instruct", "--run-dir", run, "--count", "5", "--max-retries", "8",
+    selflengthen("self-instruct", "--run-dir", run, "--count", "4", "--max-retries", "8",
                  "--seed-language", "en", *SAMPLING)  # fmt: skip
-    selflengthen("generate", "--run-dir", run, "--samples-per-instruction", "2", "--max-retries", "4",
-                 "--max-tokens", "1500", *SAMPLING)  # fmt: skip
-    selflengthen("extend", "--run-dir", run, "--rounds", "1", "--max-retries", "3", "--max-tokens", "2000",
-                 *SAMPLING)  # fmt: skip
+    selflengthen("generate", "--run-dir", run, "--samples-per-instruction", "2", "--max-retries", "2",
+                 "--max-tokens", "1000", *SAMPLING)  # fmt: skip
+    selflengthen("extend", "--run-dir", run, "--rounds", "1", "--max-retries", "3", "--max-tokens", "1000",
+                 "--min-ratio", "1.1", *SAMPLING)  # fmt: skip
     return run
 
 
@@ -51,7 +51,7 @@ def step(run: Path, name: str) -> tuple[pl.DataFrame, dict]:
 def test_instructions(run_dir: Path) -> None:
     frame, stats = step(run_dir, "instructions")
     assert frame.schema == pl.Schema(INSTRUCTION_SCHEMA)
-    assert 1 <= frame.height <= 5 and stats["rows_out"] == frame.height
+    assert 1 <= frame.height <= 4 and stats["rows_out"] == frame.height
     assert frame["words"].is_between(4, 499).all()
     assert frame["instruction"].str.to_lowercase().n_unique() == frame.height
 
@@ -72,7 +72,7 @@ def test_extended_rows_grew_and_are_clean(run_dir: Path) -> None:
     frame, stats = step(run_dir, "extended")
     assert frame.schema == pl.Schema(EXTENDED_SCHEMA)
     assert frame.height >= 1, stats
-    assert (frame["extended_words"] > 1.2 * frame["initial_words"]).all()
+    assert (frame["extended_words"] > 1.1 * frame["initial_words"]).all()
     report = apply_filters(
         frame, [EndingFilter(), RepetitionFilter(), MetaCommentFilter()], text_column="extended_response"
     )

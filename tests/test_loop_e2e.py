@@ -106,6 +106,17 @@ def test_sft_datasets_load_and_hold_the_extended_answers(finished_run) -> None:
             assert trained["rows"] == dataset.num_rows  # TRL took every row
 
 
+def test_extended_rows_grew_and_kept_the_answers_they_extend(finished_run) -> None:
+    run_dir, _ = finished_run
+    for iteration in (1, 2):
+        extended = pl.read_parquet(run_dir / f"iter_{iteration}/extended/data/*.parquet")
+        initial = pl.read_parquet(run_dir / f"iter_{iteration}/initial/data/*.parquet")
+        assert (extended["extended_words"] > 1.1 * extended["initial_words"]).all()  # the recipe's min_ratio
+        joined = extended.join(initial, on="id")
+        assert joined.height == extended.height
+        assert (joined["initial_response"] == joined["response"]).all()
+
+
 def test_long_and_final_sets(finished_run) -> None:
     run_dir, _ = finished_run
     long = pl.read_parquet(run_dir / "long/data/*.parquet")

@@ -195,3 +195,12 @@ def test_parse_iterations() -> None:
     for bad in ("0", "4", "3-2", "x", "1-9"):
         with pytest.raises(SelflengthenError, match="--iterations"):
             parse_iterations(bad, 3)
+
+
+def test_collect_includes_the_final_generators_extra_answers(tmp_path: Path) -> None:
+    write_iteration(tmp_path, 1, [("i1-00000-s0", "short", "long")])
+    extra = [initial_row("i2-00000-s0", 2, "an answer of the final generator")]
+    finish_step(step_folder(tmp_path, 2, "initial"), pl.DataFrame(extra, schema=INITIAL_SCHEMA), {})
+    stats = run_collect(tmp_path, iterations=1, extra=True)
+    assert stats["sources"] == {"iter_1/initial": 1, "iter_1/extended": 1, "iter_2/initial": 1}
+    assert stats["rows_by_origin"] == {"extended": 1, "final_generator": 1, "initial": 1}

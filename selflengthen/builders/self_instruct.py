@@ -140,8 +140,16 @@ async def self_instruct_rollout(
             {"role": "assistant", "content": f"1. {first}\n2. {second}\n3."},
         ]
         seed_parts = ("self-instruct", document.id, attempt)
+        # Only the third item is used: stop where the model starts a fourth.
         result = await chat(
-            generate, listing, settings.sampling, seed_parts, tally, True, max_tokens=_CANDIDATE_MAX_TOKENS
+            generate,
+            listing,
+            settings.sampling,
+            seed_parts,
+            tally,
+            True,
+            max_tokens=_CANDIDATE_MAX_TOKENS,
+            stop=["\n4"],
         )
         if result is None:
             break

@@ -92,11 +92,15 @@ async def chat(
     tally: Tally,
     continue_final: bool = False,
     max_tokens: int | None = None,
+    stop: list[str] | None = None,
 ) -> InferenceResult | None:
     """One chat request through the model's own chat template. With `continue_final`, the last
-    (assistant) message is continued rather than answered. Returns `None` (and counts why) when
-    the server rejects the request, e.g. a prompt longer than the context."""
+    (assistant) message is continued rather than answered; `stop` ends the generation at any
+    of those strings. Returns `None` (and counts why) when the server rejects the request, e.g.
+    a prompt longer than the context."""
     payload: dict[str, Any] = {"messages": messages, **sampling.payload(*seed_parts, max_tokens=max_tokens)}
+    if stop:
+        payload["stop"] = stop
     if continue_final:
         payload |= {"add_generation_prompt": False, "continue_final_message": True}
     tally.requests += 1

@@ -22,6 +22,7 @@ from typing import Any
 
 import yaml
 
+from selflengthen.engine.server import die_with_parent
 from selflengthen.errors import SelflengthenError
 
 ROLES = ("generator", "extender")
@@ -136,8 +137,11 @@ def train_role(
     started = time.monotonic()
     print(f"train {role} (iter {iteration}): log in {log}", file=sys.stderr, flush=True)
     with log.open("w") as stream:
-        # stderr stays on the terminal: it carries the trainer's progress bar.
-        exit_code = subprocess.run(launch.command(arguments), stdout=stream, env=environment).returncode
+        # stderr stays on the terminal: it carries the trainer's progress bar. The trainer dies
+        # with us (a killed run must not leave it writing into the staging folder).
+        exit_code = subprocess.run(
+            launch.command(arguments), stdout=stream, env=environment, preexec_fn=die_with_parent
+        ).returncode
     if exit_code != 0:
         raise SelflengthenError(
             f"training the {role} of iteration {iteration} failed (exit {exit_code}); "
