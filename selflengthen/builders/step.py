@@ -74,6 +74,7 @@ class Tally:
     prompt_tokens: int = 0
     completion_tokens: int = 0
     rejections: Counter[str] = field(default_factory=Counter)
+    started: float = field(default_factory=time.monotonic)  # when the rollout began
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -132,24 +133,21 @@ def response_problem(result: InferenceResult) -> str | None:
 
 class StepProgress:
     """A progress bar over documents (with ETA) and output tokens per second, measured from the
-    first finished document so that the server's start-up does not count."""
+    start of the first rollout (so that a server's start-up does not count)."""
 
     def __init__(self, total: int, description: str) -> None:
         self.total, self.description = total, description
         self.bar: tqdm | None = None  # shown from the first finished document on
-        self.first_done = 0.0
+        self.first_started = float("inf")
         self.tokens = 0
 
     def document_done(self, tally: Tally) -> None:
-        now = time.monotonic()
         if self.bar is None:
             self.bar = tqdm(total=self.total, desc=self.description, unit="doc", dynamic_ncols=True)
-            self.first_done = now
-        else:
-            self.tokens += tally.completion_tokens
-            self.bar.set_postfix_str(
-                f"{self.tokens / max(now - self.first_done, 1e-6):.0f} tok/s", refresh=False
-            )
+        self.first_started = min(self.first_started, tally.started)
+        self.tokens += tally.completion_tokens
+        elapsed = max(time.monotonic() - self.first_started, 1e-6)
+        self.bar.set_postfix_str(f"{self.tokens / elapsed:.0f} tok/s", refresh=False)
         self.bar.update(1)
 
 
