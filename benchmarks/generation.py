@@ -3,8 +3,9 @@
 Same model, prompts and sampling parameters on both sides, one answer per prompt and no
 retries, so both do the same requests. The offline engine runs in a child process (its start is
 not timed); the step runs against a vLLM server that selflengthen launches (its start is not
-timed either), through datatrove's InferenceRunner, including writing its dataset. Target: the
-step reaches >= 0.85 of offline throughput.
+timed either), through datatrove's InferenceRunner, including writing its dataset. Both run in
+the environment selflengthen gives vLLM (`server_environment`). Target: the step reaches >= 0.85
+of offline throughput.
 
     python benchmarks/generation.py [--prompts 16] [--max-tokens 256] [--model smollm2-135m]
 """
@@ -25,7 +26,7 @@ from loguru import logger
 from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
-from selflengthen.engine.server import on_gpu, vllm_command
+from selflengthen.engine.server import on_gpu, server_environment, vllm_command
 from selflengthen.prompts import shipped_seeds
 
 TARGET = 0.85
@@ -80,7 +81,9 @@ def step_tokens_per_second(
 ) -> float:
     engine = EngineOptions(model=model.source, endpoint=f"http://127.0.0.1:{PORT}/v1", max_model_len=max_len)
     command = vllm_command(EngineOptions(max_model_len=max_len), model.source, PORT, sampling.seed)
-    server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+    server = subprocess.Popen(
+        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_environment()
+    )
     try:
         wait_until_ready(PORT)
         instructions = pl.DataFrame({"id": [f"p{i}" for i in range(len(texts))], "instruction": texts})
@@ -113,7 +116,7 @@ def main() -> None:
     child = subprocess.run(
         [sys.executable, __file__, "--offline-only", "--prompts", str(args.prompts), "--max-tokens",
          str(args.max_tokens), "--model", args.model, "--max-model-len", str(args.max_model_len)],
-        capture_output=True, text=True, check=True,
+        capture_output=True, text=True, check=True, env=server_environment(),
     )  # fmt: skip
     offline = float(
         next(line for line in child.stdout.splitlines() if line.startswith(_MARKER))[len(_MARKER) :]

@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from selflengthen.engine.server import die_with_parent
+from selflengthen.engine.server import die_with_parent, on_gpu
 from selflengthen.errors import SelflengthenError
 
 ROLES = ("generator", "extender")
@@ -157,10 +157,8 @@ def train_role(
 def effective_recipe(recipe: Path) -> dict[str, Any]:
     """The recipe's keys over the paper's defaults; bf16 on GPUs and `use_cpu` without one,
     unless the recipe says otherwise."""
-    import torch
-
-    on_gpu = torch.cuda.is_available()
-    device = {"bf16": on_gpu, "use_cpu": not on_gpu}
+    gpu = on_gpu()
+    device = {"bf16": gpu, "use_cpu": not gpu}
     return PAPER_TRAINING | device | yaml.safe_load(recipe.read_text(encoding="utf-8"))
 
 
