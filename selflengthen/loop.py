@@ -35,6 +35,7 @@ from selflengthen.builders.sft_data import SFT_STEPS, run_build_sft
 from selflengthen.builders.step import StepFolder, step_folder, write_json_atomic
 from selflengthen.config import RunConfig, identity_differences, parse_config
 from selflengthen.engine.models import ResolvedModel, resolve_model
+from selflengthen.engine.server import die_with_parent
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError
 from selflengthen.train.roles import ROLES, Launch, train_role, trained_role
@@ -135,10 +136,13 @@ def empty_extended_error(iteration: int, stats: dict[str, Any], folder: Path) ->
 def run_lock(run_dir: Path) -> Iterator[None]:
     """One `selflengthen run` per run folder at a time."""
     run_dir.mkdir(parents=True, exist_ok=True)
+    # A POSIX record lock belongs to this process alone: processes it forks (datatrove starts a
+    # multiprocess Manager per step) do not inherit it, so it ends when this process does, even
+    # on kill -9. (flock would live on in any forked child.)
     with (run_dir / ".lock").open("a+") as handle:  # not "w": that would empty the holder's file
         try:
-            fcntl.flock(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except BlockingIOError:
+            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
             raise SelflengthenError(f"{run_dir}: another selflengthen run is using this run folder") from None
         handle.truncate(0)
         handle.write(f"{os.getpid()}\n")
@@ -177,6 +181,7 @@ def run_loop(
     """Run the selected iterations (and, when they reach the last one, collect and length control)."""
     run_dir = config.folder
     force_from = _force_point(from_step, iterations)
+    _forked_children_die_with_us()
     section = config.self_instruct  # a bad seeds file fails now, not an iteration later
     seed_instructions(section.seeds, section.seed_language, "self_instruct.seed_language")
     with run_lock(run_dir):
@@ -195,6 +200,17 @@ def run_loop(
     if runner.replaced:
         print(f"moved {len(runner.replaced)} earlier output folder(s) to {run_dir / '.replaced'}")
     return summary
+
+
+_FORK_HOOK: list[bool] = []
+
+
+def _forked_children_die_with_us() -> None:
+    """Every process forked from here on (e.g. datatrove's multiprocess Manager) gets SIGTERM
+    when this process dies, so a killed run leaves no orphans behind."""
+    if not _FORK_HOOK:
+        os.register_at_fork(after_in_child=die_with_parent)
+        _FORK_HOOK.append(True)
 
 
 def _force_point(from_step: str | None, iterations: range) -> tuple[int | None, str] | None:

@@ -1,4 +1,9 @@
 import json
+import os
+import signal
+import subprocess
+import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -65,14 +70,30 @@ def test_an_unfinished_step_resumes_in_place(tmp_path: Path) -> None:
 
 
 def test_one_run_per_folder(tmp_path: Path) -> None:
-    with (
-        run_lock(tmp_path),
-        pytest.raises(SelflengthenError, match="another selflengthen run is using"),
-        run_lock(tmp_path),
-    ):
-        pass
-    with run_lock(tmp_path):  # released
-        pass
+    attempt = [
+        sys.executable,
+        "-c",
+        "from pathlib import Path\nfrom selflengthen.loop import run_lock\n"
+        f"with run_lock(Path({str(tmp_path)!r})): pass",
+    ]
+
+    def other_process() -> subprocess.CompletedProcess[str]:
+        return subprocess.run(attempt, capture_output=True, text=True, cwd=tmp_path)
+
+    with run_lock(tmp_path):
+        refused = other_process()
+        assert (
+            refused.returncode != 0 and "another selflengthen run is using this run folder" in refused.stderr
+        )
+        pid = os.fork()  # a forked child must not keep the lock alive
+        if pid == 0:
+            time.sleep(30)
+            os._exit(0)
+    try:
+        assert other_process().returncode == 0  # released, although the forked child still runs
+    finally:
+        os.kill(pid, signal.SIGKILL)
+        os.waitpid(pid, 0)
 
 
 def test_a_run_folder_refuses_another_config(tmp_path: Path) -> None:

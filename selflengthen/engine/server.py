@@ -31,9 +31,16 @@ _READY_POLL_SECONDS = 2.0
 ENDPOINT_READY_SECONDS = 30.0
 
 
-def die_with_parent() -> None:  # runs in the child between fork and exec (Linux)
-    if sys.platform.startswith("linux"):
-        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+# Looked up once here: a freshly forked child must not dlopen (another thread of the parent
+# may have held the loader's lock at the fork).
+_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
+
+
+def die_with_parent() -> None:
+    """Ask the kernel to SIGTERM this process when its parent dies (Linux). Runs in children
+    between fork and exec, and in every process our run forks (see `loop.run_loop`)."""
+    if _PRCTL is not None:
+        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
 def on_gpu() -> bool:
