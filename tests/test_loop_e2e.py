@@ -15,6 +15,7 @@ import pytest
 from datasets import load_dataset
 from safetensors.torch import load_file
 
+from selflengthen.config import load_config
 from selflengthen.engine.models import resolve_model
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, apply_filters
 
@@ -111,7 +112,8 @@ def test_extended_rows_grew_and_kept_the_answers_they_extend(finished_run) -> No
     for iteration in (1, 2):
         extended = pl.read_parquet(run_dir / f"iter_{iteration}/extended/data/*.parquet")
         initial = pl.read_parquet(run_dir / f"iter_{iteration}/initial/data/*.parquet")
-        assert (extended["extended_words"] > 1.1 * extended["initial_words"]).all()  # the recipe's min_ratio
+        min_ratio = load_config(RECIPE).extend.min_ratio
+        assert (extended["extended_words"] > min_ratio * extended["initial_words"]).all()
         joined = extended.join(initial, on="id")
         assert joined.height == extended.height
         assert (joined["initial_response"] == joined["response"]).all()
