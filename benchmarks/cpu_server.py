@@ -15,7 +15,6 @@ from __future__ import annotations
 import argparse
 import asyncio
 import os
-import socket
 import subprocess
 import time
 
@@ -24,14 +23,9 @@ import httpx
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions
 from selflengthen.engine.server import server_environment, vllm_command
+from selflengthen.engine.shared_server import free_port
 
 _LONG = "Tea is a drink with a long history across many countries and cultures. " * 80
-
-
-def free_port() -> int:
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        return int(probe.getsockname()[1])
 
 
 async def tokens_per_second(url: str, model: str, prompt: str, tokens: int, requests: int) -> float:
@@ -54,7 +48,7 @@ async def tokens_per_second(url: str, model: str, prompt: str, tokens: int, requ
 
 
 def measure(environment: dict[str, str], model: str, tokens: int, requests: int) -> dict[str, float]:
-    port = free_port()
+    port = free_port("127.0.0.1")
     command = vllm_command(EngineOptions(), model, port, 0)
     server = subprocess.Popen(command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=environment)
     url = f"http://127.0.0.1:{port}"

@@ -32,7 +32,7 @@ from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.length_control import final_folder, run_length_control
 from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
 from selflengthen.builders.sft_data import SFT_STEPS, run_build_sft
-from selflengthen.builders.step import StepFolder, step_folder, write_json_atomic
+from selflengthen.builders.step import StepFolder, step_folder, write_json_atomic, write_text_atomic
 from selflengthen.config import RunConfig, identity_differences, parse_config
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.server import die_with_parent
@@ -165,14 +165,8 @@ def save_config(config: RunConfig, run_dir: Path) -> None:
                 f"{run_dir}: made with a different config ({', '.join(differences)} differ from "
                 f"{saved_path}); use another run_dir or name"
             )
-    _write_text_atomic(saved_path, config.to_yaml())
-    _write_text_atomic(recipe_copy, recipe_text)
-
-
-def _write_text_atomic(path: Path, text: str) -> None:
-    temporary = path.with_name(f".{path.name}.tmp")
-    temporary.write_text(text, encoding="utf-8")
-    os.replace(temporary, path)
+    write_text_atomic(config.to_yaml(), saved_path)
+    write_text_atomic(recipe_text, recipe_copy)
 
 
 def run_loop(

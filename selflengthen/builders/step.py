@@ -293,12 +293,17 @@ def word_summary(words: list[int]) -> dict[str, float | int | None]:
     }
 
 
-def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
+def write_text_atomic(text: str, path: Path) -> None:
+    """Write `text` to a temporary file beside `path`, then rename it over `path`."""
     path.parent.mkdir(parents=True, exist_ok=True)
     handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
     with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        json.dump(payload, stream, ensure_ascii=False, indent=2)
+        stream.write(text)
     os.replace(temporary, path)
+
+
+def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
+    write_text_atomic(json.dumps(payload, ensure_ascii=False, indent=2), path)
 
 
 def finish_step(folder: StepFolder, frame: pl.DataFrame, stats: dict[str, Any]) -> dict[str, Any]:

@@ -25,7 +25,7 @@ from selflengthen.errors import SelflengthenError
 _POLL_SECONDS = 2.0
 
 
-def _free_port(host: str) -> int:
+def free_port(host: str) -> int:
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         probe.bind((host, 0))
         return int(probe.getsockname()[1])
@@ -55,7 +55,7 @@ class SharedServer:
     def _start(self, model: ResolvedModel) -> None:
         if model.kind == "embedded":
             prepare_embedded_model(model.spec)
-        port = self.engine.port or _free_port(self.engine.host)
+        port = self.engine.port or free_port(self.engine.host)
         command = vllm_command(self.engine, model.source, port, self.seed)
         self.log_folder.mkdir(parents=True, exist_ok=True)
         log = self.log_folder / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}.log"
