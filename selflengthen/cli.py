@@ -335,6 +335,70 @@ def run_command(
     )
 
 
+@app.command("publish")
+def publish_command(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder (runs/<name>).", show_default=False)],
+    repo: Annotated[
+        str,
+        typer.Option(
+            help="The dataset repo, ORG/NAME (models go to ORG/NAME-generator and -extender).",
+            show_default=False,
+        ),
+    ],
+    iteration: Annotated[
+        int | None, typer.Option(help="Publish this iteration only (refused if already published).")
+    ] = None,
+    all_iterations: Annotated[
+        bool,
+        typer.Option("--all", help="Publish every finished iteration not yet published (the default)."),
+    ] = False,
+    private: Annotated[bool, typer.Option("--private", help="Create the repos as private.")] = False,
+    models: Annotated[
+        bool,
+        typer.Option(
+            "--models", help="Also publish each iteration's Generator and Extender (LoRA adapters)."
+        ),
+    ] = False,
+    merged: Annotated[
+        bool, typer.Option("--merged", help="With --models: add the merged weights too.")
+    ] = False,
+    force: Annotated[
+        bool,
+        typer.Option(
+            "--force",
+            help="Publish again an iteration whose files are on main without its tag (an interrupted "
+            "publish); a tag is never moved.",
+        ),
+    ] = False,
+    dry_run: Annotated[
+        bool, typer.Option("--dry-run", help="Write what would be uploaded into --out instead.")
+    ] = False,
+    out: Annotated[
+        Path | None,
+        typer.Option(
+            help="With --dry-run: the folder standing in for the Hub (<out>/datasets/ORG/NAME/...)."
+        ),
+    ] = None,
+    license_id: Annotated[
+        str | None,
+        typer.Option("--license", help="The license id for the cards (default: the base model's, if known)."),
+    ] = None,
+) -> None:
+    """Publish a run's finished iterations as versions (tags iter-<k>) of a Hub dataset, with
+    dataset cards; with --models, the trained roles as model repos with model cards."""
+    from selflengthen.publish import PublishRequest, publish
+
+    if iteration is not None and all_iterations:
+        raise SelflengthenError("--iteration and --all: give one of them")
+    if dry_run != (out is not None):
+        raise SelflengthenError("--dry-run and --out go together (--dry-run --out DIR)")
+    request = PublishRequest(
+        run_dir, repo, iteration, private, models, merged, force, out if dry_run else None, license_id
+    )
+    versions = publish(request)
+    typer.echo(f"published {len(versions)} version(s)" + (" (dry run)" if dry_run else ""))
+
+
 @app.command("prepare-model")
 def prepare_model_command(
     name: Annotated[str, typer.Argument(help="The embedded model to convert.")] = DEFAULT_MODEL,

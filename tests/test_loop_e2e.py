@@ -13,6 +13,7 @@ from pathlib import Path
 import polars as pl
 import pytest
 from datasets import load_dataset
+from huggingface_hub import DatasetCard
 from safetensors.torch import load_file
 
 from selflengthen.config import load_config
@@ -153,3 +154,41 @@ def test_rerunning_the_finished_run_does_nothing(finished_run) -> None:
     assert after.keys() == before.keys()
     changed = [str(path) for path in before if before[path] != after[path]]
     assert changed == [], changed
+
+
+def test_the_finished_run_publishes_as_two_versions_with_cards(finished_run, tmp_path: Path) -> None:
+    """The real run through `selflengthen publish --dry-run`: every config loads with the rows
+    the steps' stats count, the card states those counts, and the run folder is not touched."""
+    run_dir, _ = finished_run
+    before = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    out = tmp_path / "hub"
+    command = [
+        SCRIPT,
+        "publish",
+        str(run_dir),
+        "--repo",
+        "ci/loop",
+        "--models",
+        "--dry-run",
+        "--out",
+        str(out),
+    ]
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert result.stdout.count("iter-1:") == 3 and result.stdout.count("iter-2:") == 3
+    root = out / "datasets" / "ci" / "loop"
+    card = DatasetCard.load(root / "README.md").text
+    for config in ("instructions", "initial", "extended", "gen_sft", "ext_sft"):
+        counts = [stats(run_dir, f"iter_{k}", config)["rows_out"] for k in (1, 2)]
+        loaded = load_dataset(str(root), config, split="train", cache_dir=str(tmp_path / "cache"))
+        assert loaded.num_rows == sum(counts), config
+        section = card.split(f"### `{config}`")[1]
+        for k, count in zip((1, 2), counts, strict=True):
+            assert f"| {k} | {count} | " in section, config
+    for config in ("long", "final"):
+        loaded = load_dataset(str(root), config, split="train", cache_dir=str(tmp_path / "cache"))
+        assert loaded.num_rows == stats(run_dir, config)["rows_out"]
+    for role in ROLES:
+        assert (out / "models" / "ci" / f"loop-{role}" / "adapter_model.safetensors").is_file()
+    after = {path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file()}
+    assert after == before

