@@ -335,6 +335,76 @@ def run_command(
     )
 
 
+@app.command("eval")
+@with_engine_options
+def eval_command(
+    out: Annotated[
+        Path,
+        typer.Option(help="The evaluation folder (results.json, results.md, plots/).", show_default=False),
+    ],
+    models: Annotated[
+        list[str] | None,
+        typer.Argument(
+            help="Models to evaluate on the same prompts, each SPEC or LABEL=SPEC (default: --model).",
+            show_default=False,
+        ),
+    ] = None,
+    prompts: Annotated[
+        str,
+        typer.Option(
+            help="'builtin' (our 16 prompts, English and Chinese, all four types), a JSONL/CSV/parquet "
+            "file, or a Hub dataset id such as quanshr/LonGen (downloaded only when named)."
+        ),
+    ] = "builtin",
+    limit: Annotated[int | None, typer.Option(min=1, help="Only the first N prompts.")] = None,
+    compare: Annotated[
+        Path | None,
+        typer.Option(
+            help="A run folder: also evaluate its base model and each iteration's Generator (iter-K)."
+        ),
+    ] = None,
+    responses: Annotated[
+        list[Path] | None,
+        typer.Option(
+            help="Score existing responses (the prompt columns + 'response', optional 'model') instead of "
+            "generating them (repeatable)."
+        ),
+    ] = None,
+    judge: Annotated[
+        str | None,
+        typer.Option(
+            help="Rate quality with this judge: a model spec we serve, or an OpenAI-compatible URL."
+        ),
+    ] = None,
+    judge_model: Annotated[str, typer.Option(help="With a judge URL: the model name it serves.")] = "default",
+    judge_api_key_env: Annotated[
+        str | None, typer.Option(help="With a judge URL: the environment variable holding its API key.")
+    ] = None,
+    judge_retries: Annotated[
+        int, typer.Option(min=1, help="Judge attempts per item before it counts as a failure.")
+    ] = 3,
+    judge_max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens of a judge reply.")] = 200,
+    *,
+    engine: EngineOptions,
+    model: ResolvedModel,
+    sampling: SamplingOptions,
+) -> None:
+    """Length following (and, with --judge, quality) of one or more models on the same prompts."""
+    from selflengthen.eval.cli_models import contenders_for, judge_for
+    from selflengthen.eval.prompts import load_prompts
+    from selflengthen.eval.report import markdown_table
+    from selflengthen.eval.run import evaluate
+
+    table = load_prompts(prompts, limit)
+    contenders = contenders_for(models or [], model, compare, bool(responses) or compare is not None)
+    rater = judge_for(
+        judge, judge_model, judge_api_key_env, judge_retries, judge_max_tokens, engine, sampling
+    )
+    results = evaluate(table, contenders, list(responses or []), out, engine, sampling, rater)
+    typer.echo(markdown_table(results["aggregates"]))
+    typer.echo(f"-> {out / 'results.json'}, {out / 'results.md'}, {out / 'plots'}")
+
+
 @app.command("publish")
 def publish_command(
     run_dir: Annotated[Path, typer.Argument(help="The run folder (runs/<name>).", show_default=False)],

@@ -1,0 +1,227 @@
+"""`selflengthen eval`: answer the prompts with each model (or read existing responses), score
+length following, optionally have a judge rate quality, and write the report.
+
+The output folder holds one step folder per model under `responses/<label>/` (and
+`judge/<label>/`), written like the builders' steps: a rerun reuses finished ones and resumes
+an interrupted one from its checkpoints.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from functools import partial
+from pathlib import Path
+from typing import Any
+
+import polars as pl
+from datatrove.data import Document
+
+from selflengthen.builders.step import RESULTS_KEY, StepFolder, finish_step, run_inference, sum_tallies
+from selflengthen.engine.models import ResolvedModel
+from selflengthen.engine.options import EngineOptions, SamplingOptions
+from selflengthen.engine.shared_server import SharedServer
+from selflengthen.errors import SelflengthenError
+from selflengthen.eval.prompts import normalise
+from selflengthen.eval.report import write_report
+from selflengthen.eval.rollouts import CRITERIA, answer_rollout, judge_rollout
+from selflengthen.eval.scores import length_following_score, longbench_length_score
+from selflengthen.tables import read_table, require_columns
+from selflengthen.text import count_words
+
+_LABEL = r"^[\w.+-]+$"
+
+
+@dataclass(frozen=True)
+class Contender:
+    """A model under evaluation, by the label its results carry."""
+
+    label: str
+    model: ResolvedModel
+
+
+@dataclass(frozen=True)
+class Judge:
+    model: ResolvedModel
+    engine: EngineOptions
+    sampling: SamplingOptions
+    max_retries: int = 3
+
+
+def check_label(label: str) -> str:
+    if not pl.Series([label]).str.contains(_LABEL).all():
+        raise SelflengthenError(f"model label {label!r}: use letters, digits, '.', '_', '+' or '-'")
+    return label
+
+
+def _engine(server: SharedServer | None, engine: EngineOptions, model: ResolvedModel) -> EngineOptions:
+    """The shared server's endpoint for `model` (started now, only when needed), or `engine`."""
+    return server.engine_for(model) if server is not None else engine
+
+
+def _answers(
+    contender: Contender,
+    prompts: pl.DataFrame,
+    out: Path,
+    server: SharedServer | None,
+    engine: EngineOptions,
+    sampling: SamplingOptions,
+) -> pl.DataFrame:
+    folder = StepFolder(out / "responses" / contender.label)
+    if folder.finished():
+        return folder.read()
+    started = time.monotonic()
+    engine = _engine(server, engine, contender.model)
+    documents = [Document(text=row["query"], id=row["id"]) for row in prompts.iter_rows(named=True)]
+    rollout = partial(answer_rollout, sampling=sampling)
+    done = run_inference(
+        folder, documents, rollout, engine, contender.model, sampling, f"eval {contender.label}"
+    )
+    answers = {document.id: document.metadata[RESULTS_KEY][0] for document in done}
+    frame = prompts.with_columns(
+        pl.lit(contender.label).alias("model"),
+        pl.Series("response", [answers[row_id]["response"] for row_id in prompts["id"]], dtype=pl.String),
+        pl.Series(
+            "finish_reason", [answers[row_id]["finish_reason"] for row_id in prompts["id"]], dtype=pl.String
+        ),
+    )
+    counts, _ = sum_tallies(done)
+    stats = {
+        "step": "eval-answers",
+        "model": contender.model.spec,
+        "label": contender.label,
+        "rows_out": frame.height,
+        "request_errors": frame["response"].null_count(),
+        "sampling": sampling.lineage(),
+        **counts,
+        "seconds": round(time.monotonic() - started, 1),
+    }
+    finish_step(folder, frame, stats)
+    return frame
+
+
+def read_responses(path: Path) -> list[pl.DataFrame]:
+    """Existing responses, one frame per model: the prompt columns plus `response` (and
+    optionally `model`, the label, else the file's name; and `finish_reason`)."""
+    frame = read_table(path)
+    require_columns(frame, path, "response")
+    if "model" not in frame.columns:
+        frame = frame.with_columns(pl.lit(path.stem).alias("model"))
+    frames = []
+    for part in frame.with_columns(pl.col("model").cast(pl.String)).partition_by(
+        "model", maintain_order=True
+    ):
+        finish = part["finish_reason"] if "finish_reason" in part.columns else pl.Series([None] * part.height)
+        frames.append(
+            normalise(part, str(path)).with_columns(
+                pl.lit(check_label(part["model"][0])).alias("model"),
+                part["response"].cast(pl.String).alias("response"),
+                finish.cast(pl.String).alias("finish_reason"),
+            )
+        )
+    return frames
+
+
+def score(frame: pl.DataFrame) -> pl.DataFrame:
+    """Each row's word count and length score (0-100): length following for a constraint,
+    LongBench-Write's S_l for a required length. A failed request scores 0."""
+    words, scores = [], []
+    for row in frame.iter_rows(named=True):
+        produced = count_words(row["response"] or "")
+        words.append(produced)
+        if row["required"] is not None:
+            scores.append(longbench_length_score(row["required"], produced))
+        else:
+            scores.append(length_following_score(produced, row["low"], row["high"]))
+    return frame.with_columns(pl.Series("words", words), pl.Series("score", scores).round(2))
+
+
+def _judgements(
+    frame: pl.DataFrame, label: str, judge: Judge, out: Path, server: SharedServer | None
+) -> pl.DataFrame:
+    folder = StepFolder(out / "judge" / label)
+    if not folder.finished():
+        started = time.monotonic()
+        rows = frame.filter(pl.col("response").is_not_null())
+        documents = [
+            Document(
+                text=row["response"],
+                id=row["id"],
+                metadata={"query": row["query"], "language": row["language"]},
+            )
+            for row in rows.iter_rows(named=True)
+        ]
+        engine = _engine(server, judge.engine, judge.model)
+        rollout = partial(judge_rollout, sampling=judge.sampling, max_retries=judge.max_retries)
+        done = run_inference(
+            folder, documents, rollout, engine, judge.model, judge.sampling, f"judge {label}"
+        )
+        results = {document.id: document.metadata[RESULTS_KEY][0] for document in done}
+        table = pl.DataFrame(
+            [
+                {
+                    "id": row_id,
+                    **{criterion: (result["scores"] or {}).get(criterion) for criterion in CRITERIA},
+                    "judge_attempts": result["attempts"],
+                    "judge_failed": result["scores"] is None,
+                }
+                for row_id, result in results.items()
+            ],
+            schema={
+                "id": pl.String,
+                **dict.fromkeys(CRITERIA, pl.Int64),
+                "judge_attempts": pl.Int64,
+                "judge_failed": pl.Boolean,
+            },
+        )
+        counts, rejections = sum_tallies(done)
+        stats = {
+            "step": "eval-judge",
+            "judge": judge.model.spec,
+            "label": label,
+            "rows_out": table.height,
+            "judge_failures": int(table["judge_failed"].sum()),
+            "rejected_replies": dict(rejections),
+            **counts,
+            "seconds": round(time.monotonic() - started, 1),
+        }
+        finish_step(folder, table, stats)
+    return frame.join(folder.read(), on="id", how="left")
+
+
+def evaluate(
+    prompts: pl.DataFrame,
+    contenders: list[Contender],
+    responses: list[Path],
+    out: Path,
+    engine: EngineOptions,
+    sampling: SamplingOptions,
+    judge: Judge | None = None,
+) -> dict[str, Any]:
+    """Everything `selflengthen eval` does; returns the results written to `out/results.json`."""
+    existing = [  # bad files fail before any work
+        frame for path in responses for frame in read_responses(path)
+    ]
+    labels = [contender.label for contender in contenders] + [frame["model"][0] for frame in existing]
+    if len(set(labels)) != len(labels):
+        raise SelflengthenError(f"model labels must differ (got {', '.join(labels)}); name them LABEL=MODEL")
+    server = SharedServer(engine, out / "server_logs", sampling.seed) if not engine.endpoint else None
+    judge_server = server if judge is not None and not judge.engine.endpoint else None
+    if judge_server is None and judge is not None and not judge.engine.endpoint:
+        judge_server = SharedServer(judge.engine, out / "server_logs", sampling.seed)
+    frames = []
+    try:
+        for contender in contenders:
+            frames.append(_answers(contender, prompts, out, server, engine, sampling))
+        frames += existing
+        scored = [score(frame) for frame in frames]
+        if judge is not None:
+            scored = [
+                _judgements(frame, frame["model"][0], judge, out, judge_server)
+                for frame in scored
+                if frame.height
+            ]
+    finally:
+        for running in {id(s): s for s in (server, judge_server) if s is not None}.values():
+            running.stop()
+    return write_report(pl.concat(scored, how="diagonal_relaxed"), out, judge is not None)
