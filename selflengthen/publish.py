@@ -230,10 +230,11 @@ def _model_files(
     trained = run.role(iteration, role)
     repo_id = model_repo_id(request.repo_id, role)
     folder = staging / role
-    files = {
-        path.name: path for path in sorted(trained.adapter.iterdir()) if path.is_file()
-    }  # the adapter, at the root
-    files = {name: path for name, path in files.items() if name not in _ADAPTER_SKIP}
+    files = {  # the adapter, at the root
+        path.name: path
+        for path in sorted(trained.adapter.iterdir())
+        if path.is_file() and path.name not in _ADAPTER_SKIP
+    }
     adapter_config = json.loads((trained.adapter / "adapter_config.json").read_text())
     base = base_model_info(run.config.model)
     adapter_config["base_model_name_or_path"] = base.hub_id or base.short_name  # not a local path

@@ -10,7 +10,7 @@ from huggingface_hub import DatasetCard, DatasetCardData
 
 from selflengthen.cards.common import TAGS, base_model_info, model_repo_id, render, size_category
 from selflengthen.config import RunConfig
-from selflengthen.run_folder import CONFIG_STEP, FINAL_CONFIGS, ITERATION_CONFIGS, RunFolder
+from selflengthen.run_folder import CONFIG_STEP, ITERATION_CONFIGS, RunFolder
 
 #: Counts in a step's stats.json that are rows lost (each a dict of reason -> count, or a number).
 _DROPPED_ROWS = {
@@ -114,7 +114,7 @@ def dataset_card(
     """The card of version `iter-<version>`, holding `iterations` and the `final_configs`."""
     config = run.config
     base = base_model_info(config.model)
-    configs = [name for name in ITERATION_CONFIGS] + [name for name in FINAL_CONFIGS if name in final_configs]
+    configs = [*ITERATION_CONFIGS, *final_configs]
     tables, drops = [], []
     for name in ITERATION_CONFIGS:
         rows = []

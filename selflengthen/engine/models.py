@@ -19,7 +19,7 @@ from pathlib import Path
 from selflengthen.errors import SelflengthenError
 
 DEFAULT_MODEL = "smollm2-135m"
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _WEIGHT_PATTERNS = ("*.safetensors", "*.bin", "*.pt")
 
 
@@ -81,7 +81,7 @@ def resolve_model(spec: str, prepare: bool = True) -> ResolvedModel:
         if not _has_weights(folder):
             raise SelflengthenError(f"model {spec}: the folder has no weights (*.safetensors or *.bin)")
         return ResolvedModel(spec, str(folder.resolve()), "local")
-    if _HUB_ID.match(spec):
+    if HUB_ID.match(spec):
         return ResolvedModel(spec, spec, "hub")
     embedded = ", ".join(EMBEDDED_MODELS)
     raise SelflengthenError(

@@ -11,19 +11,18 @@ low, high, required`):
 
 from __future__ import annotations
 
-import re
 from importlib import resources
 from pathlib import Path
 
 import polars as pl
 
+from selflengthen.engine.models import HUB_ID
 from selflengthen.errors import SelflengthenError
 from selflengthen.eval.scores import length_bucket, target_interval
 from selflengthen.prompts import detect_language
 from selflengthen.tables import read_table
 
 BUILTIN = "builtin"
-_HUB_DATASET = re.compile(r"[\w.-]+/[\w.-]+")
 PROMPT_SCHEMA = {
     "id": pl.String,
     "query": pl.String,
@@ -59,7 +58,7 @@ def read_source(source: str) -> pl.DataFrame:
     path = Path(source)
     if path.exists() or path.suffix:
         return read_table(path)
-    if _HUB_DATASET.fullmatch(source):
+    if HUB_ID.match(source):
         return _from_hub(source)
     raise SelflengthenError(f"--prompts {source}: not 'builtin', an existing file, or a Hub dataset id")
 

@@ -206,9 +206,9 @@ def evaluate(
     if len(set(labels)) != len(labels):
         raise SelflengthenError(f"model labels must differ (got {', '.join(labels)}); name them LABEL=MODEL")
     server = SharedServer(engine, out / "server_logs", sampling.seed) if not engine.endpoint else None
-    judge_server = server if judge is not None and not judge.engine.endpoint else None
-    if judge_server is None and judge is not None and not judge.engine.endpoint:
-        judge_server = SharedServer(judge.engine, out / "server_logs", sampling.seed)
+    judge_server = None  # the contenders' server when there is one (the same model is not started twice)
+    if judge is not None and not judge.engine.endpoint:
+        judge_server = server or SharedServer(judge.engine, out / "server_logs", sampling.seed)
     frames = []
     try:
         for contender in contenders:
