@@ -321,11 +321,11 @@ def run_command(
 ) -> None:
     """Run the Self-Lengthen loop: iterations 1..N (self-instruct, generate, extend, build-sft,
     train), then collect and length-control. Rerunning resumes; finished steps are skipped."""
-    from selflengthen.train.sft import check_recipe  # imports TRL: only when a run starts
-
     run_config = load_config(config, overrides)
-    check_recipe(run_config.train.recipe)
     selected = parse_iterations(iterations, run_config.iterations)
+    from selflengthen.train.sft import check_recipe  # imports TRL (seconds): after the quick checks
+
+    check_recipe(run_config.train.recipe)
     summary = run_loop(run_config, selected, from_step, verbose=_state["verbose"])
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=200):
         typer.echo(summary_table(summary))

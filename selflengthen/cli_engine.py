@@ -12,7 +12,7 @@ import typer
 
 from selflengthen.engine.models import DEFAULT_MODEL, ResolvedModel, resolve_model
 from selflengthen.engine.options import PAPER_MAX_TOKENS, PAPER_SAMPLING, EngineOptions, SamplingOptions
-from selflengthen.engine.server import check_port_free
+from selflengthen.engine.server import check_endpoint, check_port_free
 
 _PANEL_ENGINE = "Engine"
 _PANEL_SAMPLING = "Sampling"
@@ -66,8 +66,8 @@ _SAMPLING_FIELDS = ["max_tokens", "temperature", "top_p", "top_k", "repetition_p
 def with_engine_options(command: Callable[..., None]) -> Callable[..., None]:
     """Give `command` the shared options; it receives `engine`, `model` and `sampling` instead.
 
-    Everything is validated before any work: a bad value, a busy --port or an unknown model
-    is a one-line error.
+    Everything is validated before any work: a bad value, a busy --port, an unknown model or
+    an --endpoint that does not answer is a one-line error.
     """
     hints = typing.get_type_hints(command, include_extras=True)  # the command's own module resolves them
     own = [
@@ -82,6 +82,7 @@ def with_engine_options(command: Callable[..., None]) -> Callable[..., None]:
         engine = EngineOptions(**{name: kwargs.pop(name) for name in _ENGINE_FIELDS}, vllm_args=vllm_args)
         sampling = SamplingOptions(**{name: kwargs.pop(name) for name in _SAMPLING_FIELDS})
         if engine.endpoint:
+            check_endpoint(engine)
             model = ResolvedModel(engine.model, engine.model, "endpoint")
         else:
             if engine.port is not None:

@@ -11,7 +11,7 @@ from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from selflengthen.engine.models import DEFAULT_MODEL
 from selflengthen.engine.options import (
@@ -20,6 +20,7 @@ from selflengthen.engine.options import (
     EngineOptions,
     SamplingOptions,
     SlurmOptions,
+    secret_flag_problem,
 )
 from selflengthen.errors import SelflengthenError
 
@@ -69,6 +70,13 @@ class EngineSection(_Section):
     startup_timeout: Annotated[float, Field(gt=0)] = 900.0
     concurrency: Positive = 64
     slurm: SlurmSection | None = None
+
+    @field_validator("vllm_args")
+    @classmethod
+    def _no_secrets(cls, arguments: list[str]) -> list[str]:
+        if problem := secret_flag_problem(arguments):
+            raise ValueError(problem)
+        return arguments
 
     def options(self, model: str) -> EngineOptions:
         fields = self.model_dump(exclude={"vllm_args", "slurm"})

@@ -6,6 +6,10 @@ class SelflengthenError(Exception):
     file, field or flag at fault."""
 
 
+class ServerFailed(SelflengthenError):
+    """The model server failed or stopped during a step; the step resumes when run again."""
+
+
 def require_at_least_one(**flags: int) -> None:
     """Raise a one-line error for the first flag (given as `flag_name=value`, `_` for `-`) below 1."""
     for name, value in flags.items():

@@ -35,7 +35,7 @@ from selflengthen.builders.sft_data import SFT_STEPS, run_build_sft
 from selflengthen.builders.step import StepFolder, step_folder, write_json_atomic, write_text_atomic
 from selflengthen.config import RunConfig, identity_differences, parse_config
 from selflengthen.engine.models import ResolvedModel, resolve_model
-from selflengthen.engine.server import die_with_parent
+from selflengthen.engine.server import check_port_free, die_with_parent
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError
 from selflengthen.train.roles import ROLES, Launch, train_role, trained_role
@@ -150,23 +150,40 @@ def run_lock(run_dir: Path) -> Iterator[None]:
         yield
 
 
-def save_config(config: RunConfig, run_dir: Path) -> None:
-    """Refuse a run folder made by a different config; then save the resolved config and the
-    TRL recipe with the run."""
+def check_run_folder(config: RunConfig, run_dir: Path) -> None:
+    """Refuse a run folder made by a different config (or training recipe)."""
     saved_path, recipe_copy = run_dir / "config.yaml", run_dir / "train_recipe.yaml"
-    recipe_text = config.train.recipe.read_text(encoding="utf-8")
-    if saved_path.is_file():
-        saved = parse_config(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
-        differences = identity_differences(saved, config)
-        if recipe_copy.is_file() and recipe_copy.read_text(encoding="utf-8") != recipe_text:
-            differences.append(f"the training recipe ({config.train.recipe})")
-        if differences:
-            raise SelflengthenError(
-                f"{run_dir}: made with a different config ({', '.join(differences)} differ from "
-                f"{saved_path}); use another run_dir or name"
-            )
-    write_text_atomic(config.to_yaml(), saved_path)
-    write_text_atomic(recipe_text, recipe_copy)
+    if not saved_path.is_file():
+        return
+    saved = parse_config(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
+    differences = identity_differences(saved, config)
+    if recipe_copy.is_file() and recipe_copy.read_text(encoding="utf-8") != config.train.recipe.read_text(
+        encoding="utf-8"
+    ):
+        differences.append(f"the training recipe ({config.train.recipe})")
+    if differences:
+        raise SelflengthenError(
+            f"{run_dir}: made with a different config ({', '.join(differences)} differ from "
+            f"{saved_path}); use another run_dir or name"
+        )
+
+
+def check_before_run(config: RunConfig) -> None:
+    """Every check that needs no writing, so that bad input leaves the run folder as it was:
+    the seeds, the model, the port, and the config the run folder was made with."""
+    section = config.self_instruct
+    seed_instructions(section.seeds, section.seed_language, "self_instruct.seed_language")
+    resolve_model(config.model, prepare=False)
+    if config.engine.port is not None and config.engine.slurm is None:
+        check_port_free(config.engine.host, config.engine.port, "engine.port")
+    check_run_folder(config, config.folder)
+
+
+def save_config(config: RunConfig, run_dir: Path) -> None:
+    """Save the resolved config and the TRL recipe with the run (after `check_run_folder`)."""
+    check_run_folder(config, run_dir)
+    write_text_atomic(config.to_yaml(), run_dir / "config.yaml")
+    write_text_atomic(config.train.recipe.read_text(encoding="utf-8"), run_dir / "train_recipe.yaml")
 
 
 def run_loop(
@@ -176,8 +193,7 @@ def run_loop(
     run_dir = config.folder
     force_from = _force_point(from_step, iterations)
     _forked_children_die_with_us()
-    section = config.self_instruct  # a bad seeds file fails now, not an iteration later
-    seed_instructions(section.seeds, section.seed_language, "self_instruct.seed_language")
+    check_before_run(config)
     with run_lock(run_dir):
         save_config(config, run_dir)
         server = SharedServer(config.engine.options(config.model), run_dir / "server_logs", config.seed)
@@ -275,8 +291,9 @@ def _generate(runner: Runner, iteration: int, instructions: pl.DataFrame) -> Non
     settings = GenerateSettings(
         section.samples_per_instruction, section.max_retries, config.sampling_options(section.max_tokens)
     )
-    run_generate(
-        runner.run_dir, iteration, instructions, runner.server.engine_for(generator), generator, settings
+    runner.server.serve(
+        generator,
+        lambda engine: run_generate(runner.run_dir, iteration, instructions, engine, generator, settings),
     )
 
 
@@ -287,7 +304,9 @@ def _extend(runner: Runner, iteration: int, initial: pl.DataFrame) -> None:
     settings = ExtendSettings(
         section.rounds, section.max_retries, section.min_ratio, config.sampling_options(section.max_tokens)
     )
-    run_extend(runner.run_dir, iteration, initial, runner.server.engine_for(extender), extender, settings)
+    runner.server.serve(
+        extender, lambda engine: run_extend(runner.run_dir, iteration, initial, engine, extender, settings)
+    )
 
 
 def _self_instruct(runner: Runner, iteration: int, count: int) -> None:
@@ -309,7 +328,9 @@ def _self_instruct(runner: Runner, iteration: int, count: int) -> None:
         else resolve_model(config.model, prepare=False)
     )
     settings = SelfInstructSettings(count, section.max_retries, config.sampling_options(section.max_tokens))
-    run_self_instruct(run_dir, iteration, pool, runner.server.engine_for(model), model, settings)
+    runner.server.serve(
+        model, lambda engine: run_self_instruct(run_dir, iteration, pool, engine, model, settings)
+    )
 
 
 def _run_final(runner: Runner) -> None:

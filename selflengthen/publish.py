@@ -31,8 +31,6 @@ from selflengthen.hub import Destination, DryRunFolder, HubRepo, check_repo_id, 
 from selflengthen.run_folder import FINAL_CONFIGS, ITERATION_CONFIGS, RunFolder, response_words
 from selflengthen.train.roles import ROLES
 
-#: Flags of `engine.vllm_args` whose value is a secret (e.g. `--api-key`): not published.
-_SECRET_FLAG = re.compile(r"key|token|secret|password", re.IGNORECASE)
 #: Adapter files that are not published: the card replaces PEFT's README, and the pickled
 #: training arguments could carry credentials (e.g. `hub_token`).
 _ADAPTER_SKIP = {"README.md", "training_args.bin", "train_result.json"}
@@ -63,31 +61,15 @@ class Version:
         return f"iter-{self.iteration}"
 
 
-def redact_arguments(arguments: list[str]) -> list[str]:
-    """`arguments` with the value of every secret-looking flag replaced."""
-    redacted, hide_next = [], False
-    for argument in arguments:
-        flag, equals, _ = argument.partition("=")
-        if hide_next:
-            redacted.append("<redacted>")
-        elif equals and flag.startswith("-") and _SECRET_FLAG.search(flag):
-            redacted.append(f"{flag}=<redacted>")
-        else:
-            redacted.append(argument)
-        hide_next = not equals and argument.startswith("-") and bool(_SECRET_FLAG.search(argument))
-    return redacted
-
-
 def published_config(config: RunConfig) -> str:
     """The run config as published: local paths reduced to file names (the recipe is published
-    as `train_recipe.yaml` beside it) and secret flag values removed."""
+    as `train_recipe.yaml` beside it). (A config holds no secrets: see `secret_flag_problem`.)"""
     data = config.model_dump(mode="json")
     data["run_dir"] = None
     data["train"]["recipe"] = "train_recipe.yaml"
     for section, key in (("train", "accelerate_config"), ("self_instruct", "seeds")):
         if data[section][key]:
             data[section][key] = Path(data[section][key]).name
-    data["engine"]["vllm_args"] = redact_arguments(data["engine"]["vllm_args"])
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 

@@ -1,11 +1,23 @@
+import signal
 import socket
+import subprocess
+import threading
+import time
+from collections.abc import Callable
+from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
 import pytest
 
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions, request_seed
-from selflengthen.engine.server import check_port_free, vllm_command
+from selflengthen.engine.server import (
+    check_endpoint,
+    check_port_free,
+    kill_process_group,
+    process_running,
+    vllm_command,
+)
 from selflengthen.errors import SelflengthenError
 
 
@@ -112,3 +124,66 @@ def test_cpu_defaults_avoid_chunked_prefill_unless_the_user_chooses() -> None:
         assert command[command.index("--gpu-memory-utilization") + 1] == "0.3"
     custom = vllm_command(EngineOptions(vllm_args=("--enable-chunked-prefill",)), "m", 8000, seed=0)
     assert "--no-enable-chunked-prefill" not in custom and custom[-1] == "--enable-chunked-prefill"
+
+
+@pytest.mark.parametrize("flag", ["--api-key", "--hf-token=hf_abc", "--DB-PASSWORD"])
+def test_a_secret_among_the_vllm_flags_is_refused_without_echoing_it(flag: str) -> None:
+    with pytest.raises(SelflengthenError, match=r"^--vllm-arg: --[\w-]+ takes a secret") as raised:
+        EngineOptions(vllm_args=("--max-num-seqs", "8", flag, "s3cret"))
+    assert "s3cret" not in str(raised.value) and "hf_abc" not in str(raised.value)
+    ordinary = (
+        "--max-num-seqs",
+        "8",
+        "--tokenizer",
+        "t",
+        "--ssl-keyfile",
+        "k.pem",
+        "--enable-prefix-caching",
+    )
+    assert EngineOptions(vllm_args=ordinary).vllm_args == ordinary
+
+
+def _group(leader: int) -> list[str]:
+    return subprocess.run(["pgrep", "-g", str(leader)], capture_output=True, text=True).stdout.split()
+
+
+def _wait(condition: Callable[[], bool]) -> bool:
+    for _ in range(100):
+        if condition():
+            return True
+        time.sleep(0.05)
+    return False
+
+
+def test_a_killed_process_and_its_group_are_seen_as_gone() -> None:
+    leader = subprocess.Popen(["sh", "-c", "sleep 60 & sleep 60"], process_group=0)
+    try:
+        assert _wait(lambda: len(_group(leader.pid)) == 3)  # sh and its two sleeps
+        assert process_running(leader.pid)
+        leader.send_signal(signal.SIGKILL)
+        assert _wait(lambda: not process_running(leader.pid))  # a zombie until reaped
+        leader.wait()
+        assert not process_running(leader.pid) and len(_group(leader.pid)) == 2  # the sleeps live on
+        kill_process_group(leader.pid)
+        assert _wait(lambda: not _group(leader.pid))
+    finally:
+        kill_process_group(leader.pid)
+
+
+def test_an_endpoint_that_refuses_the_key_is_one_line() -> None:
+    class Refusing(BaseHTTPRequestHandler):
+        def do_GET(self) -> None:
+            self.send_response(401)
+            self.end_headers()
+
+        def log_message(self, *_: object) -> None:
+            pass
+
+    server = HTTPServer(("127.0.0.1", 0), Refusing)
+    threading.Thread(target=server.serve_forever, daemon=True).start()
+    try:
+        endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1"
+        with pytest.raises(SelflengthenError, match=r"refused the request \(HTTP 401\); check --api-key-env"):
+            check_endpoint(EngineOptions(model="m", endpoint=endpoint))
+    finally:
+        server.shutdown()

@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from selflengthen.engine.models import ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions, SlurmOptions
 from selflengthen.engine.server import ENDPOINT_READY_SECONDS, SelflengthenInferenceRunner, inference_config
-from selflengthen.errors import SelflengthenError
+from selflengthen.errors import SelflengthenError, ServerFailed
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, reason_kind
 from selflengthen.tables import write_table
 
@@ -150,6 +150,8 @@ class StepProgress:
         elapsed = max(time.monotonic() - self.first_started, 1e-6)
         self.bar.set_postfix_str(f"{self.tokens / elapsed:.0f} tok/s", refresh=False)
         self.bar.update(1)
+        if self.bar.n == 1:
+            self.bar.refresh()  # tqdm skips an update this soon after the bar appeared
 
 
 @contextmanager
@@ -203,12 +205,17 @@ def run_inference(
         else:
             run_on_slurm(slurm_executor(pipeline, engine.slurm, work, folder.root.name), engine.slurm)
     except ServerError as error:
+        if engine.server_pid is not None:
+            raise ServerFailed(
+                f"model {model.spec}: the vLLM server at {engine.endpoint} failed during the step "
+                f"({error}); rerun to resume"
+            ) from None
         if engine.endpoint:
-            raise SelflengthenError(
+            raise ServerFailed(
                 f"--endpoint {engine.endpoint}: no answer within {ENDPOINT_READY_SECONDS:.0f} s, "
                 f"or it failed ({error}); rerun to resume"
             ) from None
-        raise SelflengthenError(
+        raise ServerFailed(
             f"model {model.spec}: the vLLM server failed or was not ready within "
             f"{engine.startup_timeout:.0f} s (server log in {work / 'server_logs'}); rerun to resume"
         ) from None

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import os
+import re
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -13,6 +14,22 @@ from selflengthen.errors import SelflengthenError
 #: The paper's decoding parameters (the reference implementation's values).
 PAPER_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
 PAPER_MAX_TOKENS = 16384
+
+
+#: A vLLM flag whose value is a secret (`--api-key`, `--hf-token`, ...).
+_SECRET_FLAG = re.compile(r"^-+[\w-]*(key|token|secret|password)(=|$)", re.IGNORECASE)
+
+
+def secret_flag_problem(arguments: tuple[str, ...] | list[str]) -> str | None:
+    """Why the extra vLLM flags may not hold a secret (None if they hold none): it would be saved
+    with the run's config and shown in the server's logs."""
+    for argument in arguments:
+        if _SECRET_FLAG.search(argument):
+            return (
+                f"{argument.partition('=')[0]} takes a secret, which would be saved with the run and "
+                "shown in logs; set it in the environment instead (vLLM reads VLLM_API_KEY and HF_TOKEN)"
+            )
+    return None
 
 
 @dataclass(frozen=True)
@@ -106,6 +123,9 @@ class EngineOptions:
         startup_timeout: seconds to wait for the server to answer before giving up.
         concurrency: requests in flight at once.
         slurm: run generation as a Slurm job array instead of on this machine.
+        server_pid: set when `endpoint` is a vLLM server this process started (the loop's and
+            eval's shared server): its process is watched, so that a step stops at once when it
+            dies instead of retrying requests against a dead port.
     """
 
     model: str = DEFAULT_MODEL
@@ -123,6 +143,7 @@ class EngineOptions:
     startup_timeout: float = 900.0
     concurrency: int = 64
     slurm: SlurmOptions | None = None
+    server_pid: int | None = None
 
     def __post_init__(self) -> None:
         positive = {
@@ -141,6 +162,8 @@ class EngineOptions:
             )
         if self.port is not None and not 0 < self.port < 65536:
             raise SelflengthenError(f"--port: not a TCP port: {self.port}")
+        if problem := secret_flag_problem(self.vllm_args):
+            raise SelflengthenError(f"--vllm-arg: {problem}")
         if self.api_key_env and self.api_key_env not in os.environ:
             raise SelflengthenError(f"--api-key-env: the environment variable {self.api_key_env} is not set")
 

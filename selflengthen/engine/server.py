@@ -10,16 +10,21 @@ parent process, so no server is left behind.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import ctypes
 import dataclasses
 import os
 import signal
 import socket
 import sys
+import time
 from typing import Any
 
+import httpx
+import psutil
 from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
 from datatrove.pipeline.inference.servers import EndpointServer, InferenceServer, VLLMServer
+from datatrove.pipeline.inference.types import InferenceError, InferenceResult, ServerError
 from loguru import logger
 
 from selflengthen.engine.options import EngineOptions
@@ -27,6 +32,9 @@ from selflengthen.errors import SelflengthenError
 
 _PR_SET_PDEATHSIG = 1
 _READY_POLL_SECONDS = 2.0
+_WATCH_SECONDS = 1.0
+#: datatrove's message for a request that failed on connection errors after all its retries.
+_RETRIES_EXHAUSTED = "Failed to process request after"
 #: An endpoint the user already runs must answer within this many seconds.
 ENDPOINT_READY_SECONDS = 30.0
 
@@ -43,6 +51,13 @@ def die_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def kill_process_group(leader: int) -> None:
+    """SIGKILL what is left of the process group `leader` started: a vLLM server's engine core
+    and workers live on (holding their memory) when the server process itself is killed."""
+    with contextlib.suppress(ProcessLookupError, PermissionError):
+        os.killpg(leader, signal.SIGKILL)
+
+
 def on_gpu() -> bool:
     """Whether a CUDA device is visible (decides CPU-friendly defaults)."""
     import torch
@@ -50,13 +65,38 @@ def on_gpu() -> bool:
     return torch.cuda.is_available()
 
 
-def check_port_free(host: str, port: int) -> None:
-    """Raise a one-line error if `port` is taken on `host`."""
+def check_port_free(host: str, port: int, name: str = "--port") -> None:
+    """Raise a one-line error (naming the flag or key `name`) if `port` is taken on `host`."""
     with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
         try:
             probe.bind((host, port))
         except OSError:
-            raise SelflengthenError(f"--port: {host}:{port} is already in use") from None
+            raise SelflengthenError(f"{name}: {host}:{port} is already in use") from None
+
+
+def check_endpoint(options: EngineOptions) -> None:
+    """Wait (up to `ENDPOINT_READY_SECONDS`) for `--endpoint` to answer, before a step writes
+    anything; an endpoint that never answers, or refuses our key, is a one-line error."""
+    assert options.endpoint
+    key = options.api_key()
+    headers = {"Authorization": f"Bearer {key}"} if key else {}
+    url = options.endpoint.rstrip("/") + "/models"
+    deadline = time.monotonic() + ENDPOINT_READY_SECONDS
+    while True:
+        try:
+            status = httpx.get(url, headers=headers, timeout=10).status_code
+        except httpx.HTTPError:
+            if time.monotonic() > deadline:
+                raise SelflengthenError(
+                    f"--endpoint {options.endpoint}: no answer within {ENDPOINT_READY_SECONDS:.0f} s"
+                ) from None
+            time.sleep(_READY_POLL_SECONDS)
+            continue
+        if status in (401, 403):
+            raise SelflengthenError(
+                f"--endpoint {options.endpoint}: refused the request (HTTP {status}); check --api-key-env"
+            )
+        return
 
 
 def vllm_command(options: EngineOptions, model_source: str, port: int, seed: int) -> list[str]:
@@ -127,7 +167,50 @@ class LocalVLLMServer(VLLMServer):
             stderr=asyncio.subprocess.PIPE,
             env=server_environment(),
             preexec_fn=die_with_parent,
+            process_group=0,  # its own group, so that `server_cleanup` can end its engine processes
         )
+
+    async def server_cleanup(self) -> None:
+        leader = self._server_process.pid if self._server_process is not None else None
+        await super().server_cleanup()
+        if leader is not None:
+            kill_process_group(leader)
+
+
+def process_running(pid: int) -> bool:
+    """Whether process `pid` exists and has not exited (a zombie has)."""
+    try:
+        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
+    except psutil.NoSuchProcess:
+        return False
+
+
+class WatchedServer(EndpointServer):
+    """The endpoint of a vLLM server this process started (`EngineOptions.server_pid`).
+
+    datatrove treats an endpoint as always healthy and retries a refused request for ~5 minutes,
+    after which the rollout sees an ordinary failed request, so a server killed mid-step would
+    leave documents recorded as finished without their rows. Here the server's process is
+    watched: once it is gone every request raises `ServerError`, the step stops before saving
+    the documents in flight, and a rerun (or `SharedServer.serve`) resumes them.
+    """
+
+    def __init__(self, config: InferenceConfig, rank: int, pid: int) -> None:
+        super().__init__(config, rank)
+        self.pid = pid
+
+    async def monitor_health(self) -> None:
+        while process_running(self.pid):
+            await asyncio.sleep(_WATCH_SECONDS)
+        raise ServerError(f"the vLLM server (pid {self.pid}) exited")
+
+    async def _make_request(self, payload: dict) -> dict:
+        try:
+            return await super()._make_request(payload)
+        except (TimeoutError, InferenceError, ServerError, ConnectionError, OSError):
+            raise
+        except Exception as error:  # e.g. a response body cut short: retried, by then the watch knows
+            raise ConnectionError(f"unreadable response ({error})") from error
 
 
 class SelflengthenInferenceRunner(InferenceRunner):
@@ -141,9 +224,24 @@ class SelflengthenInferenceRunner(InferenceRunner):
     def _init_server(self, rank: int) -> InferenceServer:
         if self.config.server_type == "vllm":
             return LocalVLLMServer(self.config, rank, self.engine, self.seed)
+        if self.engine.server_pid is not None:
+            return WatchedServer(self.config, rank, self.engine.server_pid)
         # The API key is read from the environment only now: the stored config (which datatrove
         # serialises into executor.json) never holds it.
         return EndpointServer(dataclasses.replace(self.config, api_key=self.engine.api_key()), rank)
+
+    async def _send_request(
+        self, server: InferenceServer, payload: dict, semaphore: asyncio.Semaphore
+    ) -> InferenceResult:
+        """A request that still finds no server after datatrove's retries stops the step (a
+        rerun resumes it) instead of counting as a rejected attempt, which would record its
+        document as finished without rows."""
+        try:
+            return await super()._send_request(server, payload, semaphore)
+        except InferenceError as error:
+            if str(error.error).startswith(_RETRIES_EXHAUSTED):
+                raise ServerError(f"no connection to {server.get_base_url()}: {error.error}") from None
+            raise
 
 
 def inference_config(options: EngineOptions, model_source: str, server_log_folder: str) -> InferenceConfig:

@@ -13,16 +13,21 @@ import dataclasses
 import socket
 import subprocess
 import time
+from collections.abc import Callable
 from pathlib import Path
+from typing import TypeVar
 
 import httpx
 
 from selflengthen.engine.models import ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions
-from selflengthen.engine.server import die_with_parent, server_environment, vllm_command
-from selflengthen.errors import SelflengthenError
+from selflengthen.engine.server import die_with_parent, kill_process_group, server_environment, vllm_command
+from selflengthen.errors import SelflengthenError, ServerFailed
 
 _POLL_SECONDS = 2.0
+#: How often a step is resumed on a fresh server after its server died during the step.
+SERVER_RESTARTS = 2
+T = TypeVar("T")
 
 
 def free_port(host: str) -> int:
@@ -40,6 +45,7 @@ class SharedServer:
         self.model: ResolvedModel | None = None
         self.process: subprocess.Popen[bytes] | None = None
         self.url = ""
+        self.log: Path | None = None
 
     def engine_for(self, model: ResolvedModel) -> EngineOptions:
         if self.engine.slurm is not None:  # every Slurm task serves the model on its own node
@@ -47,7 +53,31 @@ class SharedServer:
         if self.model != model or not self.alive():
             self.stop()
             self._start(model)
-        return dataclasses.replace(self.engine, model=model.source, endpoint=f"{self.url}/v1", port=None)
+        assert self.process is not None
+        return dataclasses.replace(
+            self.engine, model=model.source, endpoint=f"{self.url}/v1", port=None, server_pid=self.process.pid
+        )
+
+    def serve(self, model: ResolvedModel, step: Callable[[EngineOptions], T]) -> T:
+        """Run `step` against `model`'s server. If the server dies during the step (killed, out
+        of memory), start it again and resume the step from its checkpoints, up to
+        `SERVER_RESTARTS` times; a server failing while it runs is an error at once."""
+        restarts = 0
+        while True:
+            engine = self.engine_for(model)
+            try:
+                return step(engine)
+            except ServerFailed:
+                if self.process is None or self.alive():
+                    raise
+                died = (
+                    f"model {model.spec}: the vLLM server died during the step "
+                    f"(exit code {self.process.returncode}; log: {self.log})"
+                )
+                if restarts == SERVER_RESTARTS:
+                    raise ServerFailed(f"{died}, {restarts + 1} times; rerun to resume") from None
+                restarts += 1
+                print(f"{died}; restarting it, resuming the step ({restarts}/{SERVER_RESTARTS})", flush=True)
 
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
@@ -58,7 +88,7 @@ class SharedServer:
         port = self.engine.port or free_port(self.engine.host)
         command = vllm_command(self.engine, model.source, port, self.seed)
         self.log_folder.mkdir(parents=True, exist_ok=True)
-        log = self.log_folder / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        log = self.log = self.log_folder / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}.log"
         print(f"starting vLLM for {model.spec} (log: {log})", flush=True)
         with log.open("wb") as stream:
             self.process = subprocess.Popen(
@@ -67,6 +97,7 @@ class SharedServer:
                 stderr=subprocess.STDOUT,
                 env=server_environment(),
                 preexec_fn=die_with_parent,
+                process_group=0,  # its own group, so that `stop` can end its engine processes
             )
         self.model, self.url = model, f"http://{self.engine.host}:{port}"
         deadline = time.monotonic() + self.engine.startup_timeout
@@ -87,11 +118,13 @@ class SharedServer:
         )
 
     def stop(self) -> None:
-        if self.process is not None and self.process.poll() is None:
-            self.process.terminate()
-            try:
-                self.process.wait(timeout=30)
-            except subprocess.TimeoutExpired:
-                self.process.kill()
-                self.process.wait()
+        if self.process is not None:
+            if self.process.poll() is None:
+                self.process.terminate()
+                try:
+                    self.process.wait(timeout=30)
+                except subprocess.TimeoutExpired:
+                    self.process.kill()
+                    self.process.wait()
+            kill_process_group(self.process.pid)
         self.process, self.model = None, None

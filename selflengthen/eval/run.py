@@ -9,6 +9,7 @@ an interrupted one from its checkpoints.
 from __future__ import annotations
 
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from functools import partial
 from pathlib import Path
@@ -54,9 +55,23 @@ def check_label(label: str) -> str:
     return label
 
 
-def _engine(server: SharedServer | None, engine: EngineOptions, model: ResolvedModel) -> EngineOptions:
-    """The shared server's endpoint for `model` (started now, only when needed), or `engine`."""
-    return server.engine_for(model) if server is not None else engine
+def _infer(
+    server: SharedServer | None,
+    engine: EngineOptions,
+    model: ResolvedModel,
+    folder: StepFolder,
+    documents: list[Document],
+    rollout: Callable[..., Any],
+    sampling: SamplingOptions,
+    description: str,
+) -> list[Document]:
+    """`run_inference` on the shared server for `model` (started now, only when needed; restarted
+    if it dies), or on `engine`."""
+
+    def infer(engine: EngineOptions) -> list[Document]:
+        return run_inference(folder, documents, rollout, engine, model, sampling, description)
+
+    return server.serve(model, infer) if server is not None else infer(engine)
 
 
 def _answers(
@@ -71,11 +86,10 @@ def _answers(
     if folder.finished():
         return folder.read()
     started = time.monotonic()
-    engine = _engine(server, engine, contender.model)
     documents = [Document(text=row["query"], id=row["id"]) for row in prompts.iter_rows(named=True)]
     rollout = partial(answer_rollout, sampling=sampling)
-    done = run_inference(
-        folder, documents, rollout, engine, contender.model, sampling, f"eval {contender.label}"
+    done = _infer(
+        server, engine, contender.model, folder, documents, rollout, sampling, f"eval {contender.label}"
     )
     answers = {document.id: document.metadata[RESULTS_KEY][0] for document in done}
     frame = prompts.with_columns(
@@ -151,10 +165,9 @@ def _judgements(
             )
             for row in rows.iter_rows(named=True)
         ]
-        engine = _engine(server, judge.engine, judge.model)
         rollout = partial(judge_rollout, sampling=judge.sampling, max_retries=judge.max_retries)
-        done = run_inference(
-            folder, documents, rollout, engine, judge.model, judge.sampling, f"judge {label}"
+        done = _infer(
+            server, judge.engine, judge.model, folder, documents, rollout, judge.sampling, f"judge {label}"
         )
         results = {document.id: document.metadata[RESULTS_KEY][0] for document in done}
         table = pl.DataFrame(
