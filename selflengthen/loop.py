@@ -157,9 +157,8 @@ def check_run_folder(config: RunConfig, run_dir: Path) -> None:
         return
     saved = parse_config(yaml.safe_load(saved_path.read_text(encoding="utf-8")), str(saved_path))
     differences = identity_differences(saved, config)
-    if recipe_copy.is_file() and recipe_copy.read_text(encoding="utf-8") != config.train.recipe.read_text(
-        encoding="utf-8"
-    ):
+    recipe_text = config.train.recipe.read_text(encoding="utf-8")
+    if recipe_copy.is_file() and recipe_copy.read_text(encoding="utf-8") != recipe_text:
         differences.append(f"the training recipe ({config.train.recipe})")
     if differences:
         raise SelflengthenError(
@@ -180,7 +179,8 @@ def check_before_run(config: RunConfig) -> None:
 
 
 def save_config(config: RunConfig, run_dir: Path) -> None:
-    """Save the resolved config and the TRL recipe with the run (after `check_run_folder`)."""
+    """Save the resolved config and the TRL recipe with the run. Checked again here, under the
+    lock: another run may have saved its config since `check_before_run`."""
     check_run_folder(config, run_dir)
     write_text_atomic(config.to_yaml(), run_dir / "config.yaml")
     write_text_atomic(config.train.recipe.read_text(encoding="utf-8"), run_dir / "train_recipe.yaml")

@@ -183,6 +183,16 @@ def assert_consistent(run_dir: Path) -> None:
             assert frame["id"].n_unique() == frame.height, f"{folder}: duplicate ids"
 
 
+def kill_when_checkpointed(run: Run, run_dir: Path, folder: str) -> str:
+    """kill -9 the run once the step writing `folder` has checkpointed a document (and is not
+    finished); check what it left; return its output."""
+    run.wait_for(lambda: checkpointed(run_dir, folder) > 0, f"a checkpointed document in {folder}")
+    run.kill()
+    assert not finished(run_dir, folder)
+    assert_consistent(run_dir)
+    return run.text()
+
+
 @pytest.fixture(scope="module")
 def undisturbed(
     config: Path,
@@ -217,11 +227,7 @@ def disturbed(config: Path) -> tuple[Path, list[str]]:
 
     # 1. kill -9 during generate, once an answer is checkpointed.
     run = Run(config, run_dir, "1-generate")
-    run.wait_for(lambda: checkpointed(run_dir, "iter_1/initial") > 0, "a checkpointed answer")
-    run.kill()
-    assert not finished(run_dir, "iter_1/initial")
-    assert_consistent(run_dir)
-    logs.append(run.text())
+    logs.append(kill_when_checkpointed(run, run_dir, "iter_1/initial"))
 
     # 2. The server killed from outside once generate has resumed: the run starts a new one and
     #    goes on; then kill -9 during extend, once an extension is checkpointed.
@@ -231,11 +237,7 @@ def disturbed(config: Path) -> tuple[Path, list[str]]:
     time.sleep(2)  # the documents left by kill 1 are being answered
     server.kill()
     run.wait_for_output(r"the vLLM server died during the step .*restarting it")
-    run.wait_for(lambda: checkpointed(run_dir, "iter_1/extended") > 0, "a checkpointed extension")
-    run.kill()
-    assert not finished(run_dir, "iter_1/extended")
-    assert_consistent(run_dir)
-    logs.append(run.text())
+    logs.append(kill_when_checkpointed(run, run_dir, "iter_1/extended"))
 
     # 3. kill -9 during train, while the Extender trains (the Generator is done).
     run = Run(config, run_dir, "3-train")
