@@ -198,12 +198,14 @@ class RunConfig(_Section):
 
 
 #: What may change between invocations on the same run folder: how many iterations to run, how
-#: to serve the models and how to launch training (e.g. on a different number of GPUs).
+#: to serve the models and how to launch training (e.g. on a different number of GPUs). The
+#: training recipe's path may change too (a moved checkout): its content is what is compared,
+#: against the copy saved with the run (`loop.check_run_folder`).
 _NOT_IDENTITY: dict[str, Any] = {
     "iterations": True,
     "engine": True,
     "run_dir": True,
-    "train": {"launcher", "accelerate_config", "accelerate_args"},
+    "train": {"recipe", "launcher", "accelerate_config", "accelerate_args"},
 }
 
 _PATH_KEYS = (("self_instruct", "seeds"), ("train", "recipe"), ("train", "accelerate_config"))

@@ -107,6 +107,11 @@ def test_a_run_folder_refuses_another_config(tmp_path: Path) -> None:
     other = load_config(write_config(tmp_path, {"extend": {"rounds": 3}}))
     with pytest.raises(SelflengthenError, match=r"made with a different config \(extend.rounds differ"):
         save_config(other, run_dir)
+    moved = tmp_path / "moved-checkout"
+    moved.mkdir()
+    (moved / "sft.yaml").write_bytes((tmp_path / "sft.yaml").read_bytes())
+    train = config.train.model_copy(update={"recipe": moved / "sft.yaml"})
+    save_config(config.model_copy(update={"train": train}), run_dir)  # allowed: the same recipe, moved
     (tmp_path / "sft.yaml").write_text("learning_rate: 2.0e-4\n")
     with pytest.raises(SelflengthenError, match=r"the training recipe"):
         save_config(config, run_dir)
