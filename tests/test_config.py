@@ -30,8 +30,14 @@ def test_shipped_recipes_load_and_their_trl_yaml_is_known_to_trl(path: Path) -> 
 
 
 def test_shipped_recipes_cover_three_models() -> None:
-    assert {path.parent.name for path in RUN_CONFIGS} == {"qwen2", "llama3", "smollm2-cpu", "slurm"}
-    for script in ("qwen2.sh", "llama3.sh", "smollm2-cpu.sh"):
+    assert {path.parent.name for path in RUN_CONFIGS} == {
+        "qwen2",
+        "llama3",
+        "smollm2-cpu",
+        "smollm2-lengthen",
+        "slurm",
+    }
+    for script in ("qwen2.sh", "llama3.sh", "smollm2-cpu.sh", "smollm2-lengthen.sh"):
         assert (RECIPES / script).is_file()
 
 

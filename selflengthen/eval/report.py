@@ -1,6 +1,9 @@
 """The evaluation report: `results.json` (every item with its score, and the aggregates),
 `results.md` (one column per model), `plots/scatter.png` (required vs produced words, log-log,
-one colour per model) and `plots/by_type.png` (mean score per constraint type and model)."""
+one colour per model) and `plots/by_type.png` (mean score per constraint type and model).
+With a growth evaluation (`eval --compare`), also its figures in both files (a row per model),
+`plots/growth_words.png` (words per answer, a box per model, the base first) and
+`plots/extender_growth.png` (the Extender's growth ratio of the kept rows, per iteration)."""
 
 from __future__ import annotations
 
@@ -106,10 +109,101 @@ def _plots(items: pl.DataFrame, summary: dict[str, Any], folder: Path) -> None:
     _save(figure, folder / "by_type.png")
 
 
-def write_report(items: pl.DataFrame, out: Path, judged: bool) -> dict[str, Any]:
+def _interval(estimate: dict[str, float] | None) -> str:
+    if estimate is None:
+        return "–"
+    return f"{estimate['value']} [{estimate['low']}, {estimate['high']}]"
+
+
+def growth_table(growth: dict[str, Any]) -> str:
+    """The growth figures, a row per model (the base first)."""
+    lines = [
+        f"Held-out prompts: {growth['prompts']} × {growth['samples_per_prompt']} samples; "
+        f"intervals: {growth['interval']}; {len(growth['excluded_prompts'])} prompt(s) left out "
+        "as seen by the loop.",
+        "",
+        "| model | answers | mean words | median words | mean × base (paired) | prompts longer than base "
+        "| cut at max_tokens | pass repetition | pass ending | length score (constrained) |",
+        "|---|---|---|---|---|---|---|---|---|---|",
+    ]
+    for label, entry in growth["models"].items():
+        longer = entry.get("prompts_longer_than_base_pct")
+        cells = [
+            f"`{label}`",
+            str(entry["answers"]),
+            _interval(entry["mean_words"]),
+            _interval(entry["median_words"]),
+            _interval(entry.get("ratio_to_base")),
+            "–" if longer is None else f"{longer}%",
+            f"{entry['cut_at_max_tokens_pct']}%",
+            f"{entry['pass_repetition_pct']}%",
+            f"{entry['pass_ending_pct']}%",
+            "–" if entry.get("length_score") is None else str(entry["length_score"]),
+        ]
+        lines.append("| " + " | ".join(cells) + " |")
+    if growth["extender"]:
+        lines += [
+            "",
+            "| iteration | Extender: initial rows | kept | median extended / initial words |",
+            "|---|---|---|---|",
+        ]
+        for iteration, entry in growth["extender"].items():
+            ratio = entry["median_ratio"] or "–"
+            lines.append(f"| {iteration} | {entry['rows_in']} | {entry['rows_kept']} | {ratio} |")
+    return "\n".join(lines) + "\n"
+
+
+def _growth_plots(growth: dict[str, Any], folder: Path) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    labels = list(growth["models"])
+    figure, axes = plt.subplots(figsize=(max(4.5, 1.3 * len(labels) + 2), 4.5), dpi=100)
+    data = [growth["models"][label]["words"] or [0] for label in labels]
+    axes.boxplot(data, tick_labels=labels, showmeans=True, meanprops={"marker": "D", "markersize": 5})
+    for position, label in enumerate(labels, start=1):
+        entry = growth["models"][label]
+        axes.annotate(
+            f"mean {entry['mean_words']['value']:.0f}",
+            (position, 0),
+            xycoords=("data", "axes fraction"),
+            xytext=(0, 4),
+            textcoords="offset points",
+            ha="center",
+            fontsize="small",
+        )
+    axes.set(
+        ylabel="words per answer",
+        title=f"Held-out prompts ({growth['prompts']} × {growth['samples_per_prompt']})",
+    )
+    figure.tight_layout()
+    _save(figure, folder / "growth_words.png")
+    if not growth["extender"]:
+        return
+    iterations = list(growth["extender"])
+    figure, axes = plt.subplots(figsize=(max(4.5, 1.3 * len(iterations) + 2), 4.0), dpi=100)
+    ratios = [growth["extender"][k]["ratios"] or [float("nan")] for k in iterations]
+    names = [
+        f"iter {k}\n{growth['extender'][k]['rows_kept']}/{growth['extender'][k]['rows_in']} kept"
+        for k in iterations
+    ]
+    axes.boxplot(ratios, tick_labels=names, showmeans=True, meanprops={"marker": "D", "markersize": 5})
+    axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
+    axes.set(ylabel="extended / initial words", title="Extender growth of the kept rows")
+    figure.tight_layout()
+    _save(figure, folder / "extender_growth.png")
+
+
+def write_report(
+    items: pl.DataFrame, out: Path, judged: bool, growth: dict[str, Any] | None = None
+) -> dict[str, Any]:
     summary = aggregates(items, judged)
-    results = {"aggregates": summary, "items": items.to_dicts()}
+    results: dict[str, Any] = {"aggregates": summary, "items": items.to_dicts()}
+    markdown = markdown_table(summary)
+    if growth is not None:
+        results["growth"] = growth
+        markdown += "\n## Length growth on held-out prompts\n\n" + growth_table(growth)
     write_json_atomic(results, out / "results.json")
-    write_text_atomic(markdown_table(summary), out / "results.md")
+    write_text_atomic(markdown, out / "results.md")
     _plots(items, summary, out / "plots")
+    if growth is not None:
+        _growth_plots(growth, out / "plots")
     return results

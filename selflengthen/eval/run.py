@@ -23,8 +23,9 @@ from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError
+from selflengthen.eval.growth import GROWTH_ROWS, GrowthSetup, summarise
 from selflengthen.eval.prompts import normalise
-from selflengthen.eval.report import write_report
+from selflengthen.eval.report import aggregates, write_report
 from selflengthen.eval.rollouts import CRITERIA, answer_rollout, judge_rollout
 from selflengthen.eval.scores import length_following_score, longbench_length_score
 from selflengthen.tables import read_table, require_columns
@@ -82,9 +83,16 @@ def _answers(
     engine: EngineOptions,
     sampling: SamplingOptions,
 ) -> pl.DataFrame:
+    """The model's answer to each row of `prompts` (by `id`), one request each."""
     folder = StepFolder(out / "responses" / contender.label)
     if folder.finished():
-        return folder.read()
+        answered = folder.read()
+        if sorted(answered["id"]) != sorted(prompts["id"]):
+            raise SelflengthenError(
+                f"{folder.root}: answers to other prompts (another --prompts, --limit or growth setting); "
+                "use another --out"
+            )
+        return answered
     started = time.monotonic()
     documents = [Document(text=row["query"], id=row["id"]) for row in prompts.iter_rows(named=True)]
     rollout = partial(answer_rollout, sampling=sampling)
@@ -210,8 +218,12 @@ def evaluate(
     engine: EngineOptions,
     sampling: SamplingOptions,
     judge: Judge | None = None,
+    growth: GrowthSetup | None = None,
 ) -> dict[str, Any]:
-    """Everything `selflengthen eval` does; returns the results written to `out/results.json`."""
+    """Everything `selflengthen eval` does; returns the results written to `out/results.json`.
+
+    With `growth`, each contender also answers the growth prompts, in the same step as the
+    scored prompts (one batch keeps the server busy to the end)."""
     existing = [  # bad files fail before any work
         frame for path in responses for frame in read_responses(path)
     ]
@@ -222,10 +234,21 @@ def evaluate(
     judge_server = None  # the contenders' server when there is one (the same model is not started twice)
     if judge is not None and not judge.engine.endpoint:
         judge_server = server or SharedServer(judge.engine, out / "server_logs", sampling.seed)
-    frames = []
+    asked = prompts
+    if growth is not None:
+        if clash := set(prompts["id"]) & set(growth.requests["id"]):
+            raise SelflengthenError(
+                f"prompt id {sorted(clash)[0]!r} is also a growth request's id; rename it"
+            )
+        asked = pl.concat([prompts, growth.requests], how="diagonal_relaxed")
+    frames, growth_answers = [], {}
     try:
         for contender in contenders:
-            frames.append(_answers(contender, prompts, out, server, engine, sampling))
+            answered = _answers(contender, asked, out, server, engine, sampling)
+            if growth is not None:
+                growth_answers[contender.label] = answered.filter(GROWTH_ROWS)
+                answered = answered.filter(~GROWTH_ROWS).drop("prompt_id", "sample")
+            frames.append(answered)
         frames += existing
         scored = [score(frame) for frame in frames]
         if judge is not None:
@@ -237,4 +260,11 @@ def evaluate(
     finally:
         for running in {id(s): s for s in (server, judge_server) if s is not None}.values():
             running.stop()
-    return write_report(pl.concat(scored, how="diagonal_relaxed"), out, judge is not None)
+    items = pl.concat(scored, how="diagonal_relaxed")
+    growth_summary = None
+    if growth is not None:
+        growth_summary = summarise(growth_answers, growth, sampling.seed)
+        lengths = aggregates(items, judged=False)
+        for label, entry in growth_summary["models"].items():
+            entry["length_score"] = lengths[label]["overall"] if label in lengths else None
+    return write_report(items, out, judge is not None, growth_summary)

@@ -1,0 +1,195 @@
+"""Length growth on held-out prompts: does each iteration's Generator write longer than the base?
+
+`selflengthen eval --compare RUN_DIR` answers a set of open-ended English writing prompts with
+no length constraint (ours: `eval/data/heldout_en.jsonl`, or `--growth-prompts FILE`) several
+times each (`--growth-samples`, each sample its own seed), with the run's base model and the
+Generator of every iteration. Prompts that the loop has seen (a seed or an instruction of any
+iteration, exactly or nearly: `overlap.py`) are left out and listed, so that every figure is
+measured on text the loop never saw.
+
+Per model: mean and median words with 95% intervals (prompts resampled), the ratio of its mean
+words to the base's on the same prompts (paired), the share of answers cut at `max_tokens` and
+the share passing the repetition and ending filters. From the run itself: the Extender's growth
+ratio (extended / initial words) of the rows each iteration kept.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import polars as pl
+from datatrove.data import Document
+
+from selflengthen.builders.self_instruct import seed_instructions
+from selflengthen.errors import SelflengthenError
+from selflengthen.eval import bootstrap
+from selflengthen.eval.overlap import Overlap, find_overlaps
+from selflengthen.filters import EndingFilter, RepetitionFilter
+from selflengthen.run_folder import RunFolder
+from selflengthen.tables import read_table, require_columns
+from selflengthen.text import count_words
+
+HELDOUT = "heldout"
+#: Growth requests carry ids of this form (`growth:<prompt id>:<sample>`).
+_ID_PREFIX = "growth:"
+_FILTERS = {"repetition": RepetitionFilter(batch_size=1), "ending": EndingFilter()}
+
+
+def load_growth_prompts(source: str) -> pl.DataFrame:
+    """`id, query` of the growth prompts: ours ("heldout") or a JSONL/CSV/parquet file with a
+    `query` or `prompt` column (and optionally `id`)."""
+    if source == HELDOUT:
+        data = resources.files("selflengthen.eval").joinpath("data").joinpath("heldout_en.jsonl")
+        frame = pl.read_ndjson(data.read_bytes())
+    else:
+        frame = read_table(Path(source))
+    column = "query" if "query" in frame.columns else "prompt"
+    require_columns(frame, Path(source), column)
+    ids = (
+        frame["id"].cast(pl.String)
+        if "id" in frame.columns
+        else pl.Series([str(i) for i in range(frame.height)])
+    )
+    prompts = pl.DataFrame({"id": ids, "query": frame[column].cast(pl.String)})
+    empty = prompts.filter(pl.col("query").is_null() | (pl.col("query").str.strip_chars() == ""))
+    if empty.height:
+        raise SelflengthenError(f"--growth-prompts {source}: prompt {empty['id'][0]!r} is empty")
+    duplicated = prompts.filter(pl.col("id").is_duplicated())["id"]
+    if len(duplicated):
+        raise SelflengthenError(f"--growth-prompts {source}: id {duplicated[0]!r} appears more than once")
+    return prompts
+
+
+def seen_by_run(run: RunFolder) -> list[str]:
+    """Every instruction the run's loop has seen: its seeds and each iteration's instructions."""
+    section = run.config.self_instruct
+    seen = seed_instructions(section.seeds, section.seed_language, "self_instruct.seed_language")
+    texts = seen["instruction"].to_list()
+    for iteration in range(1, run.config.iterations + 2):  # + the extra instructions of `collect`
+        folder = run.folder("instructions", iteration)
+        if folder.finished():
+            texts += folder.read()["instruction"].to_list()
+    return texts
+
+
+@dataclass(frozen=True)
+class GrowthSetup:
+    """What the growth evaluation asks (one row per answer: `id, prompt_id, sample, query`),
+    which prompts it left out, and the run's Extender growth ratios per iteration."""
+
+    requests: pl.DataFrame
+    base_label: str
+    prompts: int
+    excluded: list[Overlap] = field(default_factory=list)
+    extender: dict[str, Any] = field(default_factory=dict)
+
+
+def growth_setup(run_dir: Path, source: str, samples: int, base_label: str = "base") -> GrowthSetup:
+    run = RunFolder.open(run_dir)
+    prompts = load_growth_prompts(source)
+    excluded = find_overlaps(zip(prompts["id"], prompts["query"], strict=True), seen_by_run(run))
+    held_out = prompts.filter(~pl.col("id").is_in([overlap.prompt_id for overlap in excluded]))
+    if held_out.is_empty():
+        raise SelflengthenError(
+            f"--growth-prompts {source}: every prompt overlaps an instruction of {run_dir}"
+        )
+    requests = held_out.rename({"id": "prompt_id"}).join(
+        pl.DataFrame({"sample": list(range(1, samples + 1))}), how="cross"
+    )
+    requests = requests.select(
+        (_ID_PREFIX + pl.col("prompt_id") + ":" + pl.col("sample").cast(pl.String)).alias("id"),
+        "prompt_id",
+        "sample",
+        "query",
+    )
+    return GrowthSetup(requests, base_label, held_out.height, excluded, extender_growth(run))
+
+
+def extender_growth(run: RunFolder) -> dict[str, Any]:
+    """Per finished iteration: extended / initial words of each kept row, and the step's yield."""
+    result = {}
+    for iteration in range(1, run.config.iterations + 1):
+        folder = run.folder("extended", iteration)
+        if not folder.finished():
+            continue
+        rows = folder.read()
+        stats = run.stats("extended", iteration)
+        ratios = (rows["extended_words"] / rows["initial_words"]).round(3).to_list()
+        result[str(iteration)] = {
+            "rows_in": stats["rows_in"],
+            "rows_kept": rows.height,
+            "ratios": ratios,
+            "median_ratio": round(float(np.median(ratios)), 3) if ratios else None,
+        }
+    return result
+
+
+#: Selects the growth answers in a model's responses (the rest answer the scored prompts).
+GROWTH_ROWS = pl.col("prompt_id").is_not_null()
+
+
+def _passes(text: str | None) -> dict[str, bool]:
+    document = Document(text=text or "", id="")
+    return {name: check.filter(document) is True for name, check in _FILTERS.items()}
+
+
+def _matrix(frame: pl.DataFrame, prompt_ids: list[str], samples: int) -> np.ndarray:
+    """Words per (prompt, sample); NaN where the request failed."""
+    matrix = np.full((len(prompt_ids), samples), np.nan)
+    row_of = {prompt_id: index for index, prompt_id in enumerate(prompt_ids)}
+    for row in frame.iter_rows(named=True):
+        if row["response"] is not None:
+            matrix[row_of[row["prompt_id"]], row["sample"] - 1] = row["words"]
+    return matrix
+
+
+def summarise(answers: dict[str, pl.DataFrame], setup: GrowthSetup, seed: int) -> dict[str, Any]:
+    """The growth figures of every model (see the module's docstring); `answers` holds each
+    model's growth rows with `response` and `finish_reason`."""
+    prompt_ids = sorted(setup.requests["prompt_id"].unique().to_list())
+    samples = int(setup.requests["sample"].max())  # type: ignore[arg-type]
+    matrices = {}
+    models: dict[str, Any] = {}
+    for label, frame in answers.items():
+        frame = frame.with_columns(
+            pl.col("response").map_elements(count_words, return_dtype=pl.Int64).alias("words")
+        )
+        matrices[label] = _matrix(frame, prompt_ids, samples)
+        answered = frame.filter(pl.col("response").is_not_null())
+        checks = [_passes(text) for text in answered["response"]]
+        mean, median = bootstrap.mean_and_median(matrices[label], seed=seed)
+        share = 100 / max(answered.height, 1)
+        models[label] = {
+            "answers": answered.height,
+            "failed_requests": frame.height - answered.height,
+            "mean_words": mean.rounded(1),
+            "median_words": median.rounded(1),
+            "cut_at_max_tokens_pct": round(share * int((answered["finish_reason"] == "length").sum()), 1),
+            "pass_repetition_pct": round(share * sum(check["repetition"] for check in checks), 1),
+            "pass_ending_pct": round(share * sum(check["ending"] for check in checks), 1),
+            "pass_both_pct": round(share * sum(all(check.values()) for check in checks), 1),
+            "words": [int(words) for words in answered["words"]],
+        }
+    base = matrices.get(setup.base_label)
+    if base is not None:
+        for label, matrix in matrices.items():
+            if label == setup.base_label:
+                continue
+            per_prompt = bootstrap.per_prompt_ratios(matrix, base)
+            models[label]["ratio_to_base"] = bootstrap.paired_ratio(matrix, base, seed=seed).rounded(3)
+            models[label]["prompts_longer_than_base_pct"] = round(
+                100 * float(np.mean(per_prompt[~np.isnan(per_prompt)] > 1)), 1
+            )
+    return {
+        "base": setup.base_label,
+        "prompts": setup.prompts,
+        "samples_per_prompt": samples,
+        "excluded_prompts": [vars(overlap) for overlap in setup.excluded],
+        "interval": f"{int(bootstrap.LEVEL * 100)}% bootstrap over prompts ({bootstrap.RESAMPLES} resamples)",
+        "models": models,
+        "extender": setup.extender,
+    }
