@@ -16,7 +16,6 @@ ratio (extended / initial words) of the rows each iteration kept.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from importlib import resources
 from pathlib import Path
 from typing import Any
 
@@ -28,6 +27,7 @@ from selflengthen.builders.self_instruct import seed_instructions
 from selflengthen.errors import SelflengthenError
 from selflengthen.eval import bootstrap
 from selflengthen.eval.overlap import Overlap, find_overlaps
+from selflengthen.eval.prompts import packaged_prompts
 from selflengthen.filters import EndingFilter, RepetitionFilter
 from selflengthen.run_folder import RunFolder
 from selflengthen.tables import read_table, require_columns
@@ -42,11 +42,7 @@ _FILTERS = {"repetition": RepetitionFilter(batch_size=1), "ending": EndingFilter
 def load_growth_prompts(source: str) -> pl.DataFrame:
     """`id, query` of the growth prompts: ours ("heldout") or a JSONL/CSV/parquet file with a
     `query` or `prompt` column (and optionally `id`)."""
-    if source == HELDOUT:
-        data = resources.files("selflengthen.eval").joinpath("data").joinpath("heldout_en.jsonl")
-        frame = pl.read_ndjson(data.read_bytes())
-    else:
-        frame = read_table(Path(source))
+    frame = packaged_prompts("heldout_en.jsonl") if source == HELDOUT else read_table(Path(source))
     column = "query" if "query" in frame.columns else "prompt"
     require_columns(frame, Path(source), column)
     ids = (
@@ -83,9 +79,12 @@ class GrowthSetup:
 
     requests: pl.DataFrame
     base_label: str
-    prompts: int
     excluded: list[Overlap] = field(default_factory=list)
     extender: dict[str, Any] = field(default_factory=dict)
+
+    @property
+    def prompts(self) -> int:
+        return self.requests["prompt_id"].n_unique()
 
 
 def growth_setup(run_dir: Path, source: str, samples: int, base_label: str = "base") -> GrowthSetup:
@@ -106,7 +105,7 @@ def growth_setup(run_dir: Path, source: str, samples: int, base_label: str = "ba
         "sample",
         "query",
     )
-    return GrowthSetup(requests, base_label, held_out.height, excluded, extender_growth(run))
+    return GrowthSetup(requests, base_label, excluded, extender_growth(run))
 
 
 def extender_growth(run: RunFolder) -> dict[str, Any]:

@@ -35,8 +35,9 @@ PROMPT_SCHEMA = {
 }
 
 
-def _builtin() -> pl.DataFrame:
-    path = resources.files("selflengthen.eval").joinpath("data").joinpath("prompts.jsonl")
+def packaged_prompts(name: str) -> pl.DataFrame:
+    """A prompt file shipped with the package (`selflengthen/eval/data/<name>`)."""
+    path = resources.files("selflengthen.eval").joinpath("data").joinpath(name)
     return pl.read_ndjson(path.read_bytes(), infer_schema_length=None)
 
 
@@ -54,7 +55,7 @@ def _from_hub(source: str) -> pl.DataFrame:
 def read_source(source: str) -> pl.DataFrame:
     """The raw rows of `source`: "builtin", a file, or a Hub dataset id."""
     if source == BUILTIN:
-        return _builtin()
+        return packaged_prompts("prompts.jsonl")
     path = Path(source)
     if path.exists() or path.suffix:
         return read_table(path)

@@ -153,16 +153,20 @@ def growth_table(growth: dict[str, Any]) -> str:
     return "\n".join(lines) + "\n"
 
 
+def _boxes(groups: list[list[float]], names: list[str], height: float) -> tuple[Any, Any]:
+    """A figure with one box per group (mean marked), wide enough for its names."""
+    figure, axes = plt.subplots(figsize=(max(4.5, 1.3 * len(names) + 2), height), dpi=100)
+    axes.boxplot(groups, tick_labels=names, showmeans=True, meanprops={"marker": "D", "markersize": 5})
+    return figure, axes
+
+
 def _growth_plots(growth: dict[str, Any], folder: Path) -> None:
     folder.mkdir(parents=True, exist_ok=True)
     labels = list(growth["models"])
-    figure, axes = plt.subplots(figsize=(max(4.5, 1.3 * len(labels) + 2), 4.5), dpi=100)
-    data = [growth["models"][label]["words"] or [0] for label in labels]
-    axes.boxplot(data, tick_labels=labels, showmeans=True, meanprops={"marker": "D", "markersize": 5})
+    figure, axes = _boxes([growth["models"][label]["words"] or [0] for label in labels], labels, 4.5)
     for position, label in enumerate(labels, start=1):
-        entry = growth["models"][label]
         axes.annotate(
-            f"mean {entry['mean_words']['value']:.0f}",
+            f"mean {growth['models'][label]['mean_words']['value']:.0f}",
             (position, 0),
             xycoords=("data", "axes fraction"),
             xytext=(0, 4),
@@ -178,14 +182,9 @@ def _growth_plots(growth: dict[str, Any], folder: Path) -> None:
     _save(figure, folder / "growth_words.png")
     if not growth["extender"]:
         return
-    iterations = list(growth["extender"])
-    figure, axes = plt.subplots(figsize=(max(4.5, 1.3 * len(iterations) + 2), 4.0), dpi=100)
-    ratios = [growth["extender"][k]["ratios"] or [float("nan")] for k in iterations]
-    names = [
-        f"iter {k}\n{growth['extender'][k]['rows_kept']}/{growth['extender'][k]['rows_in']} kept"
-        for k in iterations
-    ]
-    axes.boxplot(ratios, tick_labels=names, showmeans=True, meanprops={"marker": "D", "markersize": 5})
+    extender = growth["extender"]
+    names = [f"iter {k}\n{entry['rows_kept']}/{entry['rows_in']} kept" for k, entry in extender.items()]
+    figure, axes = _boxes([entry["ratios"] or [float("nan")] for entry in extender.values()], names, 4.0)
     axes.axhline(1.0, color="grey", linewidth=0.8, linestyle="--")
     axes.set(ylabel="extended / initial words", title="Extender growth of the kept rows")
     figure.tight_layout()
@@ -195,10 +194,14 @@ def _growth_plots(growth: dict[str, Any], folder: Path) -> None:
 def write_report(
     items: pl.DataFrame, out: Path, judged: bool, growth: dict[str, Any] | None = None
 ) -> dict[str, Any]:
+    """Write the report files; with `growth`, each model's growth entry also gets its overall
+    length score on the scored prompts."""
     summary = aggregates(items, judged)
     results: dict[str, Any] = {"aggregates": summary, "items": items.to_dicts()}
     markdown = markdown_table(summary)
     if growth is not None:
+        for label, entry in growth["models"].items():
+            entry["length_score"] = summary[label]["overall"] if label in summary else None
         results["growth"] = growth
         markdown += "\n## Length growth on held-out prompts\n\n" + growth_table(growth)
     write_json_atomic(results, out / "results.json")

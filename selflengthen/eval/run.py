@@ -25,7 +25,7 @@ from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError
 from selflengthen.eval.growth import GROWTH_ROWS, GrowthSetup, summarise
 from selflengthen.eval.prompts import normalise
-from selflengthen.eval.report import aggregates, write_report
+from selflengthen.eval.report import write_report
 from selflengthen.eval.rollouts import CRITERIA, answer_rollout, judge_rollout
 from selflengthen.eval.scores import length_following_score, longbench_length_score
 from selflengthen.tables import read_table, require_columns
@@ -260,11 +260,5 @@ def evaluate(
     finally:
         for running in {id(s): s for s in (server, judge_server) if s is not None}.values():
             running.stop()
-    items = pl.concat(scored, how="diagonal_relaxed")
-    growth_summary = None
-    if growth is not None:
-        growth_summary = summarise(growth_answers, growth, sampling.seed)
-        lengths = aggregates(items, judged=False)
-        for label, entry in growth_summary["models"].items():
-            entry["length_score"] = lengths[label]["overall"] if label in lengths else None
-    return write_report(items, out, judge is not None, growth_summary)
+    growth_summary = summarise(growth_answers, growth, sampling.seed) if growth is not None else None
+    return write_report(pl.concat(scored, how="diagonal_relaxed"), out, judge is not None, growth_summary)
