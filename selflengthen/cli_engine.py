@@ -20,7 +20,7 @@ _PANEL_SAMPLING = "Sampling"
 
 def _option(kind: Any, default: Any, help_text: str, panel: str, *flags: str) -> inspect.Parameter:
     return inspect.Parameter(
-        flags[0].lstrip("-").replace("-", "_") if flags else "",
+        flags[0].split("/")[0].lstrip("-").replace("-", "_") if flags else "",
         inspect.Parameter.KEYWORD_ONLY,
         default=default,
         annotation=Annotated[kind, typer.Option(*flags, help=help_text, rich_help_panel=panel)],
@@ -55,12 +55,16 @@ _SHARED = [
             "--repetition-penalty"),
     _option(int, 0, "Seed of every request's sampling, of retries and of the sampler.", _PANEL_SAMPLING,
             "--seed"),
+    _option(bool, True, "Stream each request and cancel it as soon as the filters' rejection of the "
+            "finished text is certain (a repeated 13-gram, a meta-comment in the first lines). Never "
+            "changes the kept rows; --no-early-stop sends plain requests (servers without streaming, "
+            "comparisons).", _PANEL_SAMPLING, "--early-stop/--no-early-stop"),
 ]  # fmt: skip
 _ENGINE_FIELDS = [
     "model", "endpoint", "api_key_env", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size",
     "data_parallel_size", "port", "trust_remote_code", "startup_timeout", "concurrency",
 ]  # fmt: skip
-_SAMPLING_FIELDS = ["max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed"]
+_SAMPLING_FIELDS = ["max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "early_stop"]
 
 
 def with_engine_options(command: Callable[..., None]) -> Callable[..., None]:

@@ -173,6 +173,7 @@ class RunConfig(_Section):
     model: str = DEFAULT_MODEL
     iterations: Positive = 3
     seed: int = 0
+    early_stop: bool = True
     engine: EngineSection = EngineSection()
     sampling: SamplingSection = SamplingSection()
     self_instruct: SelfInstructSection = SelfInstructSection()
@@ -191,18 +192,20 @@ class RunConfig(_Section):
         fields = self.sampling.model_dump()
         if max_tokens is not None:
             fields["max_tokens"] = max_tokens
-        return SamplingOptions(seed=self.seed, **fields)
+        return SamplingOptions(seed=self.seed, early_stop=self.early_stop, **fields)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
 #: What may change between invocations on the same run folder: how many iterations to run, how
-#: to serve the models and how to launch training (e.g. on a different number of GPUs). The
+#: to serve the models, whether doomed generations are stopped early (which never changes the
+#: kept rows) and how to launch training (e.g. on a different number of GPUs). The
 #: training recipe's path may change too (a moved checkout): its content is what is compared,
 #: against the copy saved with the run (`loop.check_run_folder`).
 _NOT_IDENTITY: dict[str, Any] = {
     "iterations": True,
+    "early_stop": True,
     "engine": True,
     "run_dir": True,
     "train": {"recipe", "launcher", "accelerate_config", "accelerate_args"},

@@ -99,7 +99,12 @@ def _write_iteration(config: RunConfig, run_dir: Path, iteration: int, train: bo
             [row["words"] for row in initial],
             failed_samples={"request_error": 0, "retries_exhausted": 1},
             dropped_by_sampler=1,
-            rejected_attempts={"finish_reason: length": 3, "🔚 Ending: bad_ending": 1},
+            rejected_attempts={
+                "finish_reason: length": 3,
+                "🔚 Ending: bad_ending": 1,
+                "🔁 Repetition: repeated_ngram": 2,
+            },
+            stopped_early={"🔁 Repetition: repeated_ngram": {"requests": 2, "completion_tokens": 412}},
         ),
     )
     extended_frame = pl.DataFrame(extended)

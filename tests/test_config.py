@@ -104,9 +104,14 @@ def test_overrides_are_validated_like_the_file(tmp_path: Path) -> None:
 def test_identity_ignores_how_the_run_is_served_but_not_what_it_makes(tmp_path: Path) -> None:
     base = load_config(write_config(tmp_path, {}))
     served = base.model_copy(
-        update={"iterations": 5, "engine": base.engine.model_copy(update={"concurrency": 8})}
+        update={
+            "iterations": 5,
+            "early_stop": False,
+            "engine": base.engine.model_copy(update={"concurrency": 8}),
+        }
     )
     assert identity_differences(base, served) == []
+    assert base.sampling_options().early_stop and not served.sampling_options().early_stop
     changed = base.model_copy(update={"extend": base.extend.model_copy(update={"rounds": 1}), "seed": 3})
     assert identity_differences(base, changed) == ["seed", "extend.rounds"]
 

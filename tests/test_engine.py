@@ -90,6 +90,16 @@ def test_sampling_defaults_are_the_papers_and_seeds_are_stable() -> None:
     assert 0 <= request_seed("x") < 2**31
 
 
+def test_early_stop_streams_with_usage_in_every_chunk_and_is_not_lineage() -> None:
+    streamed = SamplingOptions().payload("generate", "doc", 0, 1)
+    assert streamed["stream"] is True
+    assert streamed["stream_options"] == {"include_usage": True, "continuous_usage_stats": True}
+    plain = SamplingOptions(early_stop=False).payload("generate", "doc", 0, 1)
+    assert "stream" not in plain and "stream_options" not in plain
+    assert {k: v for k, v in streamed.items() if not k.startswith("stream")} == plain
+    assert SamplingOptions().lineage() == SamplingOptions(early_stop=False).lineage()
+
+
 @pytest.mark.parametrize(
     ("kwargs", "flag"),
     [({"top_p": 0}, "--top-p"), ({"max_tokens": 0}, "--max-tokens"), ({"temperature": -1}, "--temperature")],

@@ -2,6 +2,9 @@
 
 Each step is run as a user runs it (the installed `selflengthen` command, which launches and
 stops its own vLLM server). Counts and token limits are tiny so that this fits in CI on 2 CPUs.
+generate and extend run a second time on the same instructions with `--no-early-stop`: the
+model is served in float32, in which sampling with the same seeds gives the same text however
+requests are batched, so the two runs must keep the same rows, text for text.
 """
 
 import json
@@ -21,7 +24,10 @@ from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilt
 pytestmark = pytest.mark.e2e
 
 SCRIPT = shutil.which("selflengthen", path=str(Path(sys.executable).parent))
-SAMPLING = ["--seed", "7", "--concurrency", "16"]
+SAMPLING = ["--seed", "7", "--concurrency", "16", "--vllm-arg=--dtype=float32"]
+GENERATE = ["--samples-per-instruction", "2", "--max-retries", "2", "--max-tokens", "1000"]
+#: Six attempts per row: with three, none of the three rows grew (float32, seed 7).
+EXTEND = ["--rounds", "1", "--max-retries", "6", "--max-tokens", "1000", "--min-ratio", "1.1"]
 
 
 def selflengthen(*args: str | Path) -> subprocess.CompletedProcess[str]:
@@ -36,10 +42,17 @@ def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
     run = tmp_path_factory.mktemp("run")
     selflengthen("self-instruct", "--run-dir", run, "--count", "4", "--max-retries", "8",
                  "--seed-language", "en", *SAMPLING)  # fmt: skip
-    selflengthen("generate", "--run-dir", run, "--samples-per-instruction", "2", "--max-retries", "2",
-                 "--max-tokens", "1000", *SAMPLING)  # fmt: skip
-    selflengthen("extend", "--run-dir", run, "--rounds", "1", "--max-retries", "3", "--max-tokens", "1000",
-                 "--min-ratio", "1.1", *SAMPLING)  # fmt: skip
+    selflengthen("generate", "--run-dir", run, *GENERATE, *SAMPLING)
+    selflengthen("extend", "--run-dir", run, *EXTEND, *SAMPLING)
+    return run
+
+
+@pytest.fixture(scope="module")
+def run_without_early_stop(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
+    run = tmp_path_factory.mktemp("run-no-early-stop")
+    shutil.copytree(run_dir / "iter_1" / "instructions", run / "iter_1" / "instructions")
+    selflengthen("generate", "--run-dir", run, *GENERATE, *SAMPLING, "--no-early-stop")
+    selflengthen("extend", "--run-dir", run, *EXTEND, *SAMPLING, "--no-early-stop")
     return run
 
 
@@ -96,3 +109,27 @@ def test_finished_steps_do_no_new_requests(run_dir: Path) -> None:
         result = selflengthen(command, "--run-dir", run_dir, *SAMPLING)
         assert "starting vLLM" not in result.stderr
         assert (stats_file / "stats.json").read_bytes() == before
+
+
+def test_early_stop_keeps_the_same_rows_with_fewer_tokens(
+    run_dir: Path, run_without_early_stop: Path
+) -> None:
+    tokens = {}
+    for run in (run_dir, run_without_early_stop):
+        tokens[run] = 0
+        for name in ("initial", "extended"):
+            frame, stats = step(run, name)
+            tokens[run] += stats["completion_tokens"]
+            if run is run_without_early_stop:
+                assert stats["stopped_early"] == {}
+                assert frame.equals(step(run_dir, name)[0]), name
+    stopped = {name: step(run_dir, name)[1]["stopped_early"] for name in ("initial", "extended")}
+    assert any(stopped.values()), stopped
+    for per_step in stopped.values():
+        for reason, counts in per_step.items():
+            assert reason.split(": ")[1] in ("repeated_ngram", "meta_comment"), reason
+            assert counts["requests"] >= 1 and counts["completion_tokens"] >= 0
+    print(
+        f"completion tokens: early stop {tokens[run_dir]}, none {tokens[run_without_early_stop]}; {stopped}"
+    )
+    assert tokens[run_dir] < tokens[run_without_early_stop]

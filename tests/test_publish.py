@@ -148,6 +148,11 @@ def test_the_dataset_card_parses_validates_and_states_what_stats_json_says(
         generate = run.stats("initial", k)
         for reason, count in generate["rejected_attempts"].items():
             assert f"| {k} | generate | attempt rejected | {reason} | {count} |" in text
+        for reason, counts in generate["stopped_early"].items():
+            assert (
+                f"| {k} | generate | of which stopped early | {reason} ({counts['completion_tokens']} tokens "
+                f"generated) | {counts['requests']} |" in text
+            )
         assert (
             f"| {k} | generate | row dropped | length-weighted sampler | {generate['dropped_by_sampler']} |"
             in text

@@ -26,23 +26,29 @@ from datatrove.data import Document
 
 from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.step import (
+    META_COMMENT,
+    REPETITION,
     RESULTS_KEY,
+    ResponseWatch,
     StepProgress,
     Tally,
     chat,
     finish_step,
+    rejection,
     response_problem,
     run_inference,
     step_folder,
     step_stats,
+    stopped_early,
     word_summary,
 )
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError, require_at_least_one
 from selflengthen.filters import GrowthFilter
+from selflengthen.filters.prefix import HeadMetaWatch, RepeatWatch
 from selflengthen.prompts import template
-from selflengthen.text import count_words
+from selflengthen.text import count_words, tokens
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 
@@ -85,6 +91,85 @@ def split_parts(text: str) -> tuple[list[str], str]:
     return [line.strip() for line in text.strip().splitlines() if line.strip()], "\n"
 
 
+def combine(start: str, separator: str, continuation: str) -> str:
+    """Stage 2's result: the start it continued and the continuation, joined by `separator`
+    unless the continuation begins with whitespace of its own."""
+    joiner = "" if continuation[:1].isspace() else separator
+    return f"{start}{joiner}{continuation}".strip()
+
+
+def certainly_kept(prefix: str) -> str:
+    """The part of an unfinished stage-1 text that is in stage 2's start whatever follows.
+
+    Only lines that a line break ends count (the rest may still grow). With three or more
+    paragraphs the text is split into paragraphs for good, and the first two-thirds of those
+    seen so far are kept (two-thirds of more paragraphs is not fewer; the last one seen may
+    still grow, and two-thirds of three or more never reaches it). With one or two, the
+    finished text is split either into three or more paragraphs, of which at least the first
+    two are kept (they hold every line seen so far), or into lines, of which the first
+    two-thirds (at least one) are kept: so the first two-thirds of the lines seen so far.
+    """
+    complete = prefix[: max(prefix.rfind("\n"), prefix.rfind("\r")) + 1]
+    paragraphs = [part.strip() for part in _BLANK_LINES.split(complete.strip()) if part.strip()]
+    if len(paragraphs) > 2:
+        return "\n\n".join(paragraphs[: round(len(paragraphs) * 2 / 3)])
+    lines = [line.strip() for line in complete.strip().splitlines() if line.strip()]
+    return "\n".join(lines[: max(1, round(len(lines) * 2 / 3))])
+
+
+class StageOneWatch:
+    """Stage 1's text is not judged itself, but the first two-thirds of its parts become the
+    start of the text stage 2 is judged on, so its first lines are that text's first lines.
+    Its rejection is certain once the part kept whatever follows (`certainly_kept`) holds a
+    meta-comment among its first `head_lines` lines, or a repeated n-gram (`RepeatWatch`).
+    That part grows only at a line break, so it is measured again only then: for the
+    meta-comment until it holds `head_lines` lines, for a repeat once one has been seen."""
+
+    def __init__(self) -> None:
+        self._repeat = RepeatWatch.for_filter(REPETITION)
+        self._head_open = META_COMMENT.head_lines > 0
+        self._chunks: list[str] = []
+        self.reason: str | None = None
+
+    def feed(self, chunk: str) -> str | None:
+        if self.reason is None:
+            self.reason = self._check(chunk)
+        return self.reason
+
+    def _check(self, chunk: str) -> str | None:
+        self._chunks.append(chunk)
+        first_repeat = self._repeat.found is None and self._repeat.feed(chunk) is not None
+        line_break = "\n" in chunk or "\r" in chunk
+        if not (first_repeat or (line_break and (self._head_open or self._repeat.found is not None))):
+            return None
+        kept = certainly_kept("".join(self._chunks))
+        if self._head_open:
+            head = [line for line in kept.splitlines() if line.strip()][: META_COMMENT.head_lines]
+            if any(META_COMMENT.meta_word(line) is not None for line in head):
+                return rejection(META_COMMENT, HeadMetaWatch.reason)
+            self._head_open = len(head) < META_COMMENT.head_lines
+        if self._repeat.found is not None and len(tokens(kept)) >= self._repeat.words:
+            return rejection(REPETITION, RepeatWatch.reason)
+        return None
+
+
+class CombinedWatch:
+    """`ResponseWatch` over the text stage 2 is judged on (`combine`): the start, then the
+    continuation as it streams. `reason_before` is set when the start alone already fails."""
+
+    def __init__(self, start: str, separator: str) -> None:
+        self._inner = ResponseWatch()
+        self._separator = separator
+        self._begun = False
+        self.reason_before = self._inner.feed(start)
+
+    def feed(self, chunk: str) -> str | None:
+        if not self._begun and chunk:
+            self._begun = True
+            chunk = ("" if chunk[:1].isspace() else self._separator) + chunk
+        return self._inner.feed(chunk)
+
+
 async def extend_once(
     generate: Any,
     instruction: str,
@@ -104,14 +189,24 @@ async def extend_once(
         settings.sampling,
         (*seed_parts, 1),
         tally,
+        watch=StageOneWatch,
     )
     if stage_one is None:
+        return None
+    if (reason := stopped_early(stage_one)) is not None:
+        tally.rejections[reason] += 1
         return None
     written, written_separator = split_parts(stage_one.text)
     if not written:
         tally.rejections["stage_1_empty"] += 1
         return None
     start = written_separator.join(written[: max(1, round(len(written) * 2 / 3))])
+    watch = partial(CombinedWatch, start, written_separator)
+    if settings.sampling.early_stop and (reason := watch().reason_before) is not None:
+        # The start alone already fails (e.g. stage 1 looped): stage 2 cannot pass.
+        tally.stop_early(reason, 0)
+        tally.rejections[reason] += 1
+        return None
     stage_two = await chat(
         generate,
         [
@@ -122,12 +217,11 @@ async def extend_once(
         (*seed_parts, 2),
         tally,
         continue_final=True,
+        watch=watch,
     )
     if stage_two is None:
         return None
-    continuation = stage_two.text
-    joiner = "" if continuation[:1].isspace() else written_separator
-    combined = dataclasses.replace(stage_two, text=f"{start}{joiner}{continuation}".strip())
+    combined = dataclasses.replace(stage_two, text=combine(start, written_separator, stage_two.text))
     problem = response_problem(combined)
     if problem is not None:
         tally.rejections[problem] += 1

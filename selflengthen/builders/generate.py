@@ -22,6 +22,7 @@ from datatrove.data import Document
 from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.step import (
     RESULTS_KEY,
+    ResponseWatch,
     StepProgress,
     Tally,
     chat,
@@ -74,7 +75,7 @@ async def generate_rollout(
     async def one_sample(sample: int) -> dict[str, Any]:
         for attempt in range(1, settings.max_retries + 1):
             seed_parts = ("generate", document.id, sample, attempt)
-            result = await chat(generate, messages, settings.sampling, seed_parts, tally)
+            result = await chat(generate, messages, settings.sampling, seed_parts, tally, watch=ResponseWatch)
             if result is None:
                 return {"sample": sample, "response": None, "attempts": attempt, "failure": "request_error"}
             problem = response_problem(result)

@@ -34,6 +34,16 @@ def drop_reasons(stats: dict[str, Any], iteration: str, step: str) -> list[dict[
         {"iteration": iteration, "step": step, "kind": "attempt rejected", "reason": reason, "count": count}
         for reason, count in stats.get("rejected_attempts", {}).items()
     ]
+    rows += [
+        {
+            "iteration": iteration,
+            "step": step,
+            "kind": "of which stopped early",
+            "reason": f"{reason} ({counts['completion_tokens']} tokens generated)",
+            "count": counts["requests"],
+        }
+        for reason, counts in stats.get("stopped_early", {}).items()
+    ]
     for key, label in _DROPPED_ROWS.items():
         value = stats.get(key)
         reasons = value.items() if isinstance(value, dict) else [(label, value)]

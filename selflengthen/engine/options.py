@@ -35,7 +35,11 @@ def secret_flag_problem(arguments: tuple[str, ...] | list[str]) -> str | None:
 @dataclass(frozen=True)
 class SamplingOptions:
     """Decoding parameters sent with every request. `seed` makes each request's sampling
-    reproducible (where the backend allows) and different across samples and retries."""
+    reproducible (where the backend allows) and different across samples and retries.
+
+    `early_stop` sends each request as a streamed chat completion, so that a generation is
+    cancelled as soon as its rejection is certain (see `selflengthen.filters.prefix`). It never
+    changes which rows are kept, so it is not part of the lineage."""
 
     temperature: float = PAPER_SAMPLING["temperature"]
     top_p: float = PAPER_SAMPLING["top_p"]
@@ -43,6 +47,7 @@ class SamplingOptions:
     repetition_penalty: float = PAPER_SAMPLING["repetition_penalty"]
     max_tokens: int = PAPER_MAX_TOKENS
     seed: int = 0
+    early_stop: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -57,8 +62,10 @@ class SamplingOptions:
                 raise SelflengthenError(f"--{name.replace('_', '-')}: invalid value {getattr(self, name)!r}")
 
     def payload(self, *seed_parts: object, max_tokens: int | None = None) -> dict[str, Any]:
-        """The sampling part of a request, with a seed derived from ours and `seed_parts`."""
-        return {
+        """The sampling part of a request, with a seed derived from ours and `seed_parts`; with
+        `early_stop`, asks for a stream that reports its token usage with every chunk (vLLM's
+        `continuous_usage_stats`), so that a request cancelled midway still counts its tokens."""
+        payload: dict[str, Any] = {
             "temperature": self.temperature,
             "top_p": self.top_p,
             "top_k": self.top_k,
@@ -66,6 +73,12 @@ class SamplingOptions:
             "max_tokens": max_tokens or self.max_tokens,
             "seed": request_seed(self.seed, *seed_parts),
         }
+        if self.early_stop:
+            payload |= {
+                "stream": True,
+                "stream_options": {"include_usage": True, "continuous_usage_stats": True},
+            }
+        return payload
 
     def lineage(self) -> dict[str, Any]:
         """What is recorded with every generated row."""

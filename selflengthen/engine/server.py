@@ -28,6 +28,7 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult, 
 from loguru import logger
 
 from selflengthen.engine.options import EngineOptions
+from selflengthen.engine.streaming import stream_chat
 from selflengthen.errors import SelflengthenError
 
 _PR_SET_PDEATHSIG = 1
@@ -144,7 +145,20 @@ def server_environment() -> dict[str, str]:
     return environment
 
 
-class LocalVLLMServer(VLLMServer):
+class StreamedRequests(InferenceServer):
+    """Sends a request whose payload asks for a stream through `stream_chat` (which can cancel
+    it early); any other request the way datatrove's server does."""
+
+    api_key: str | None = None
+
+    async def _make_request(self, payload: dict) -> dict:
+        if not payload.get("stream"):
+            return await super()._make_request(payload)
+        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        return await stream_chat(f"{self.get_base_url()}/v1/chat/completions", payload, headers)
+
+
+class LocalVLLMServer(StreamedRequests, VLLMServer):
     """datatrove's vLLM server with our launch command (see the module docstring)."""
 
     def __init__(self, config: InferenceConfig, rank: int, options: EngineOptions, seed: int) -> None:
@@ -185,7 +199,15 @@ def process_running(pid: int) -> bool:
         return False
 
 
-class WatchedServer(EndpointServer):
+class Endpoint(StreamedRequests, EndpointServer):
+    """An OpenAI-compatible server the user runs (`--endpoint`)."""
+
+    def __init__(self, config: InferenceConfig, rank: int) -> None:
+        super().__init__(config, rank)
+        self.api_key = config.api_key
+
+
+class WatchedServer(Endpoint):
     """The endpoint of a vLLM server this process started (`EngineOptions.server_pid`).
 
     datatrove treats an endpoint as always healthy and retries a refused request for ~5 minutes,
@@ -228,7 +250,7 @@ class SelflengthenInferenceRunner(InferenceRunner):
             return WatchedServer(self.config, rank, self.engine.server_pid)
         # The API key is read from the environment only now: the stored config (which datatrove
         # serialises into executor.json) never holds it.
-        return EndpointServer(dataclasses.replace(self.config, api_key=self.engine.api_key()), rank)
+        return Endpoint(dataclasses.replace(self.config, api_key=self.engine.api_key()), rank)
 
     async def _send_request(
         self, server: InferenceServer, payload: dict, semaphore: asyncio.Semaphore

@@ -107,7 +107,7 @@ def _answers(
             "finish_reason", [answers[row_id]["finish_reason"] for row_id in prompts["id"]], dtype=pl.String
         ),
     )
-    counts, _ = sum_tallies(done)
+    counts, _, _ = sum_tallies(done)
     stats = {
         "step": "eval-answers",
         "model": contender.model.spec,
@@ -195,7 +195,7 @@ def _judgements(
                 "judge_failed": pl.Boolean,
             },
         )
-        counts, rejections = sum_tallies(done)
+        counts, rejections, _ = sum_tallies(done)
         stats = {
             "step": "eval-judge",
             "judge": judge.model.spec,

@@ -80,7 +80,11 @@ class MetaCommentFilter(TextFilter):
         if self.tail_lines:
             checked += lines[max(self.head_lines, len(lines) - self.tail_lines) :]
         for line in checked:
-            match = self._pattern.search(line)
-            if match:
-                return False, f"meta_comment: {match.group(0).lower()}"
+            if (word := self.meta_word(line)) is not None:
+                return False, f"meta_comment: {word}"
         return True
+
+    def meta_word(self, line: str) -> str | None:
+        """The first of `words` that `line` contains (lower-cased), or None."""
+        match = self._pattern.search(line)
+        return match.group(0).lower() if match else None

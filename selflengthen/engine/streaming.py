@@ -1,0 +1,109 @@
+"""Streamed chat completions that our code reads as they arrive, and cancels when told to.
+
+datatrove's servers send a request and wait for the whole answer. A request whose payload asks
+for a stream (`SamplingOptions.early_stop`) is sent here instead: the text is fed to the
+request's watch chunk by chunk (the watch `chat` set for it), and the moment the watch reports
+a certain rejection the connection is closed, which makes vLLM abort the request and free its
+slot. The answer comes back in the shape of a non-streamed completion, so datatrove's runner,
+request cache and metrics treat it like any other; a cancelled one has the finish reason
+`early_stop`.
+"""
+
+from __future__ import annotations
+
+import json
+from collections.abc import Callable
+from contextvars import ContextVar
+from typing import Any
+
+import httpx
+from datatrove.pipeline.inference.types import InferenceError, ServerError
+
+from selflengthen.filters.prefix import PrefixWatch
+
+#: The finish reason of a request we cancelled because its rejection was certain.
+EARLY_STOP = "early_stop"
+#: How to make the watch of the request being sent. datatrove's generate callback takes only a
+#: payload, so `chat` sets this around its call (each rollout runs in its own task and context).
+#: A factory, not a watch: a request that datatrove retries starts over with a fresh one.
+REQUEST_WATCH: ContextVar[Callable[[], PrefixWatch] | None] = ContextVar(
+    "selflengthen_request_watch", default=None
+)
+_CONNECT_SECONDS = 30.0
+
+
+async def stream_chat(url: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
+    """POST a streamed chat completion to `url` and return it as a non-streamed response.
+
+    Errors are raised as datatrove's servers raise them (HTTP 400 as a bad request, which its
+    cache remembers; 500 as a server error; a broken connection as `ConnectionError`, which
+    its runner retries).
+    """
+    make_watch = REQUEST_WATCH.get()
+    watch = make_watch() if make_watch is not None else None
+    text, reasoning, finish_reason = [], [], None
+    usage: dict[str, Any] | None = None
+    chunks_with_text = 0
+    timeout = httpx.Timeout(None, connect=_CONNECT_SECONDS)
+    try:
+        async with (
+            httpx.AsyncClient(timeout=timeout) as client,
+            client.stream("POST", url, json=payload, headers=headers) as response,
+        ):
+            if response.status_code != 200:
+                _raise_for_status(
+                    response.status_code, (await response.aread()).decode(errors="replace"), payload
+                )
+            async for line in response.aiter_lines():
+                if not line.startswith("data:"):
+                    continue
+                data = line[5:].strip()
+                if data == "[DONE]":
+                    break
+                try:
+                    chunk = json.loads(data)
+                except json.JSONDecodeError:  # a line cut short: the connection broke
+                    raise ConnectionError(
+                        f"streamed request to {url}: unreadable chunk {data[:80]!r}"
+                    ) from None
+                if "error" in chunk:
+                    raise InferenceError(
+                        None, f"the server ended the stream with an error: {data}", payload=payload
+                    )
+                usage = chunk.get("usage") or usage
+                for choice in chunk.get("choices", []):
+                    delta = choice.get("delta") or {}
+                    piece = delta.get("content") or ""
+                    reasoning.append(delta.get("reasoning_content") or delta.get("reasoning") or "")
+                    finish_reason = choice.get("finish_reason") or finish_reason
+                    if not piece:
+                        continue
+                    text.append(piece)
+                    chunks_with_text += 1
+                    if watch is not None and finish_reason is None and watch.feed(piece) is not None:
+                        finish_reason = EARLY_STOP
+                if finish_reason == EARLY_STOP:
+                    break  # leaving the block closes the connection: vLLM aborts the request
+    except httpx.TransportError as error:
+        raise ConnectionError(f"streamed request to {url} failed: {error!r}") from error
+    if finish_reason is None:
+        raise ConnectionError(f"streamed request to {url} ended before the answer was finished")
+    if usage is None:  # a server without per-chunk usage: each chunk carries about one token
+        usage = {"prompt_tokens": 0, "completion_tokens": chunks_with_text}
+    return {
+        "choices": [
+            {
+                "message": {"content": "".join(text), "reasoning": "".join(reasoning)},
+                "finish_reason": finish_reason,
+            }
+        ],
+        "usage": usage,
+    }
+
+
+def _raise_for_status(status: int, body: str, payload: dict[str, Any]) -> None:
+    if status == 400:
+        raise InferenceError(None, f"Got BadRequestError from server: {body}", payload=payload)
+    if status == 500:
+        raise ServerError(f"Got InternalServerError from server: {body}")
+    raise InferenceError(None, f"Error http status {status}: {body[:200]}", payload=payload)

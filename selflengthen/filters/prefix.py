@@ -1,0 +1,112 @@
+"""Incremental checks of a text that is still being written: the earliest point at which a
+filter's rejection of the *finished* text is already certain.
+
+A streamed generation is fed to a watch chunk by chunk (`feed`); the watch returns the reason
+the finished text will be rejected as soon as that is certain, and `None` until then. Each
+chunk is looked at once (no re-scan of the text), so the cost stays far below the decoding it
+saves. Only certain failures count: whatever follows the prefix, the filter rejects the text.
+
+- `RepeatWatch` (for `RepetitionFilter`): an n-gram that occurs twice in the prefix occurs twice
+  in every continuation of it, once its last word is complete (followed by whitespace or a CJK
+  character; a run of letters at the very end may still grow). With `ngram=None` the filter
+  picks n from the finished text's script mix (13 for mostly CJK, 10 otherwise), which a prefix
+  does not settle, so the watch looks for repeated 13-grams: a repeated 13-gram contains a
+  repeated 10-gram, so the text fails under either n.
+- `HeadMetaWatch` (for `MetaCommentFilter`): the first `head_lines` non-empty lines are always
+  checked, and a line is final once a line break follows it. The tail lines cannot be known
+  before the end.
+"""
+
+from __future__ import annotations
+
+import re
+from collections import deque
+from typing import Protocol
+
+from selflengthen.filters.meta_comment import MetaCommentFilter
+from selflengthen.filters.repetition import CJK_NGRAM, DEFAULT_NGRAM, RepetitionFilter
+from selflengthen.text import is_cjk, tokens
+
+#: The line boundaries of `str.splitlines`.
+_LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
+
+
+class PrefixWatch(Protocol):
+    def feed(self, chunk: str) -> str | None:
+        """Take the next piece of the text; the rejection reason once it is certain, else None."""
+        ...
+
+
+class RepeatWatch:
+    """Finds the first repeated n-gram of complete words as the text arrives (see the module
+    docstring); reason `repeated_ngram`, the key `RepetitionFilter` gives."""
+
+    reason = "repeated_ngram"
+
+    def __init__(self, ngram: int | None = None) -> None:
+        self.ngram = ngram if ngram is not None else max(CJK_NGRAM, DEFAULT_NGRAM)
+        self._window: deque[str] = deque(maxlen=self.ngram)
+        self._seen: set[tuple[str, ...]] = set()
+        self._pending = ""  # a run of non-CJK characters at the end that may still grow
+        self.found: tuple[str, ...] | None = None
+        self.words = 0  # complete words seen; once `found`, the repeat ends at word `words`
+
+    @classmethod
+    def for_filter(cls, check: RepetitionFilter) -> RepeatWatch:
+        return cls(check.ngram)
+
+    def feed(self, chunk: str) -> str | None:
+        if self.found is not None:
+            return self.reason
+        text = self._pending + chunk
+        self._pending = ""
+        words = tokens(text)
+        if words and not text[-1].isspace() and not is_cjk(words[-1][0]):
+            # A run of non-CJK characters at the very end: the next chunk may continue it.
+            self._pending = words.pop()
+        for word in words:
+            self.words += 1
+            self._window.append(word)
+            if len(self._window) == self.ngram:
+                gram = tuple(self._window)
+                if gram in self._seen:
+                    self.found = gram
+                    return self.reason
+                self._seen.add(gram)
+        return None
+
+
+class HeadMetaWatch:
+    """Checks each of the first `head_lines` non-empty lines with the filter's own pattern once
+    the line is complete; reason `meta_comment`."""
+
+    reason = "meta_comment"
+
+    def __init__(self, check: MetaCommentFilter) -> None:
+        self._check = check
+        self._lines_left = check.head_lines
+        self._line = ""
+        self.failed = False
+
+    @classmethod
+    def for_filter(cls, check: MetaCommentFilter) -> HeadMetaWatch:
+        return cls(check)
+
+    def feed(self, chunk: str) -> str | None:
+        if self.failed:
+            return self.reason
+        if self._lines_left <= 0:
+            return None
+        pieces = _LINE_BREAK.split(self._line + chunk)
+        self._line = pieces.pop()
+        for line in pieces:
+            if not line.strip():
+                continue
+            if self._check.meta_word(line) is not None:
+                self.failed = True
+                return self.reason
+            self._lines_left -= 1
+            if self._lines_left == 0:
+                self._line = ""
+                return None
+        return None
