@@ -197,7 +197,7 @@ def response_problem(result: InferenceResult) -> str | None:
     for check in _RESPONSE_FILTERS:
         verdict = check.filter(document)
         if verdict is not True:
-            return f"{check.name}: {reason_kind(verdict[1])}"
+            return rejection(check, reason_kind(verdict[1]))
     return None
 
 

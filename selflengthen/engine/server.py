@@ -149,12 +149,11 @@ class StreamedRequests(InferenceServer):
     """Sends a request whose payload asks for a stream through `stream_chat` (which can cancel
     it early); any other request the way datatrove's server does."""
 
-    api_key: str | None = None
-
     async def _make_request(self, payload: dict) -> dict:
         if not payload.get("stream"):
             return await super()._make_request(payload)
-        headers = {"Authorization": f"Bearer {self.api_key}"} if self.api_key else {}
+        key = self.config.api_key
+        headers = {"Authorization": f"Bearer {key}"} if key else {}
         return await stream_chat(f"{self.get_base_url()}/v1/chat/completions", payload, headers)
 
 
@@ -201,10 +200,6 @@ def process_running(pid: int) -> bool:
 
 class Endpoint(StreamedRequests, EndpointServer):
     """An OpenAI-compatible server the user runs (`--endpoint`)."""
-
-    def __init__(self, config: InferenceConfig, rank: int) -> None:
-        super().__init__(config, rank)
-        self.api_key = config.api_key
 
 
 class WatchedServer(Endpoint):
