@@ -1,7 +1,7 @@
 """Throughput of RepetitionFilter against a straightforward pure-Python version of the same rule.
 
 Documents pass (no repeated n-gram), so both sides scan every n-gram. The baseline is what one
-would write first: segment with `selflengthen.text.tokens` and keep a set of n-gram tuples.
+would write first: segment with `selflengthen.text.content_tokens` and keep a set of n-gram tuples.
 The filter runs as datatrove runs it: `filter_batch` on batches of its `batch_size`.
 Both are timed in this run (best of several interleaved rounds), and the ratio is printed.
 
@@ -18,13 +18,13 @@ from collections.abc import Callable
 from datatrove.data import Document
 
 from selflengthen.filters import RepetitionFilter
-from selflengthen.text import count_words, tokens
+from selflengthen.text import content_tokens, count_words
 
 TARGET = 10.0
 
 
 def baseline_keeps(text: str, ngram: int) -> bool:
-    words = tokens(text)
+    words = content_tokens(text)
     seen: set[tuple[str, ...]] = set()
     for first in range(len(words) - ngram + 1):
         gram = tuple(words[first : first + ngram])

@@ -22,7 +22,7 @@ from selflengthen.cli_engine import with_engine_options
 from selflengthen.config import load_config
 from selflengthen.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
-from selflengthen.errors import SelflengthenError
+from selflengthen.errors import SelflengthenError, describe_os_error, require_folder
 from selflengthen.filters import (
     EndingFilter,
     GrowthFilter,
@@ -43,7 +43,15 @@ app = typer.Typer(
 )
 
 _state = {"debug": False, "verbose": False}
-RUN_DIR_OPTION = typer.Option("--run-dir", help="The run folder: steps write runs/<name>/iter_<k>/<step>/.")
+
+
+def _run_dir(value: Path) -> Path:
+    return require_folder(value, "--run-dir")
+
+
+RUN_DIR_OPTION = typer.Option(
+    "--run-dir", help="The run folder: steps write runs/<name>/iter_<k>/<step>/.", callback=_run_dir
+)
 ITERATION_OPTION = typer.Option(min=1, help="The macro-iteration k.")
 
 
@@ -514,6 +522,11 @@ def main() -> None:
         if _state["debug"]:
             raise
         typer.echo(f"selflengthen: error: {error}", err=True)
+        sys.exit(2)
+    except OSError as error:  # a file-system problem: the path and the problem, in one line
+        if _state["debug"]:
+            raise
+        typer.echo(f"selflengthen: error: {describe_os_error(error)}", err=True)
         sys.exit(2)
     except KeyboardInterrupt:
         typer.echo("selflengthen: interrupted", err=True)

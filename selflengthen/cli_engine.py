@@ -11,8 +11,15 @@ from typing import Annotated, Any
 import typer
 
 from selflengthen.engine.models import DEFAULT_MODEL, ResolvedModel, resolve_model
-from selflengthen.engine.options import PAPER_MAX_TOKENS, PAPER_SAMPLING, EngineOptions, SamplingOptions
+from selflengthen.engine.options import (
+    DEFAULT_MAX_TOKENS,
+    PAPER_SAMPLING,
+    EngineOptions,
+    SamplingOptions,
+    context_problem,
+)
 from selflengthen.engine.server import check_endpoint, check_port_free
+from selflengthen.errors import SelflengthenError
 
 _PANEL_ENGINE = "Engine"
 _PANEL_SAMPLING = "Sampling"
@@ -47,7 +54,7 @@ _SHARED = [
     _option(float, 900.0, "Seconds to wait for the vLLM server to be ready.", _PANEL_ENGINE,
             "--startup-timeout"),
     _option(int, 64, "Requests in flight at once.", _PANEL_ENGINE, "--concurrency"),
-    _option(int, PAPER_MAX_TOKENS, "Most new tokens per request.", _PANEL_SAMPLING, "--max-tokens"),
+    _option(int, DEFAULT_MAX_TOKENS, "Most new tokens per request.", _PANEL_SAMPLING, "--max-tokens"),
     _option(float, PAPER_SAMPLING["temperature"], "Sampling temperature.", _PANEL_SAMPLING, "--temperature"),
     _option(float, PAPER_SAMPLING["top_p"], "Nucleus sampling threshold.", _PANEL_SAMPLING, "--top-p"),
     _option(int, PAPER_SAMPLING["top_k"], "Top-k sampling (-1 for off).", _PANEL_SAMPLING, "--top-k"),
@@ -89,6 +96,8 @@ def with_engine_options(command: Callable[..., None]) -> Callable[..., None]:
             check_endpoint(engine)
             model = ResolvedModel(engine.model, engine.model, "endpoint")
         else:
+            if problem := context_problem(sampling.max_tokens, engine.max_model_len):
+                raise SelflengthenError(f"--max-tokens {problem} (--max-model-len)")
             if engine.port is not None:
                 check_port_free(engine.host, engine.port)
             model = resolve_model(engine.model, prepare=False)  # converted when the step starts

@@ -15,11 +15,12 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 
 from selflengthen.engine.models import DEFAULT_MODEL
 from selflengthen.engine.options import (
-    PAPER_MAX_TOKENS,
+    DEFAULT_MAX_TOKENS,
     PAPER_SAMPLING,
     EngineOptions,
     SamplingOptions,
     SlurmOptions,
+    context_problem,
     secret_flag_problem,
 )
 from selflengthen.errors import SelflengthenError
@@ -89,7 +90,7 @@ class SamplingSection(_Section):
     top_p: Annotated[float, Field(gt=0, le=1)] = PAPER_SAMPLING["top_p"]
     top_k: Annotated[int, Field(ge=-1)] = PAPER_SAMPLING["top_k"]
     repetition_penalty: Annotated[float, Field(gt=0)] = PAPER_SAMPLING["repetition_penalty"]
-    max_tokens: Positive = PAPER_MAX_TOKENS
+    max_tokens: Positive = DEFAULT_MAX_TOKENS
 
 
 class SelfInstructSection(_Section):
@@ -229,9 +230,19 @@ def parse_config(data: Any, source: str) -> RunConfig:
     if not isinstance(data, dict):
         raise SelflengthenError(f"{source}: a run config must be a YAML mapping of keys to values")
     try:
-        return RunConfig.model_validate(data)
+        config = RunConfig.model_validate(data)
     except ValidationError as error:
         raise SelflengthenError(f"{source}: {_describe(error.errors()[0])}") from None
+    context = config.engine.max_model_len
+    for key, max_tokens in (
+        ("sampling.max_tokens", config.sampling.max_tokens),
+        ("self_instruct.max_tokens", config.self_instruct.max_tokens),
+        ("generate.max_tokens", config.generate.max_tokens),
+        ("extend.max_tokens", config.extend.max_tokens),
+    ):
+        if max_tokens is not None and (problem := context_problem(max_tokens, context)):
+            raise SelflengthenError(f"{source}: {key}: {problem} (engine.max_model_len)")
+    return config
 
 
 def apply_overrides(data: Any, overrides: list[str], source: str) -> Any:

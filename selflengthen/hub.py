@@ -30,6 +30,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from selflengthen.builders.step import copy_file_atomic, write_json_atomic
 from selflengthen.errors import SelflengthenError
+from selflengthen.tables import file_sha256
 
 
 def check_repo_id(repo_id: str, flag: str = "--repo") -> str:
@@ -139,14 +140,6 @@ class HubRepo:
             raise _hub_error(self.repo_id, f"creating tag {tag}", error) from None
 
 
-def _sha256(path: Path) -> str:
-    digest = hashlib.sha256()
-    with path.open("rb") as stream:
-        for block in iter(lambda: stream.read(1 << 20), b""):
-            digest.update(block)
-    return digest.hexdigest()
-
-
 @dataclass
 class DryRunFolder:
     """A folder standing in for a repository: `root` holds the files a push would leave on
@@ -185,7 +178,7 @@ class DryRunFolder:
         manifest = {}
         for path, local in sorted(files.items()):
             copy_file_atomic(local, self.root / path)
-            manifest[path] = _sha256(self.root / path)
+            manifest[path] = file_sha256(self.root / path)
         self._pending = {"message": message, "files": manifest}
         return hashlib.sha256(json.dumps(manifest, sort_keys=True).encode()).hexdigest()
 

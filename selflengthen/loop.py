@@ -37,7 +37,7 @@ from selflengthen.config import RunConfig, identity_differences, parse_config
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.server import check_port_free, die_with_parent
 from selflengthen.engine.shared_server import SharedServer
-from selflengthen.errors import SelflengthenError
+from selflengthen.errors import SelflengthenError, require_folder
 from selflengthen.train.roles import ROLES, Launch, train_role, trained_role
 
 ITERATION_STEPS = ("self-instruct", "generate", "extend", "build-sft", "train")
@@ -175,6 +175,7 @@ def check_before_run(config: RunConfig) -> None:
     resolve_model(config.model, prepare=False)
     if config.engine.port is not None and config.engine.slurm is None:
         check_port_free(config.engine.host, config.engine.port, "engine.port")
+    require_folder(config.folder, "run_dir")
     check_run_folder(config, config.folder)
 
 

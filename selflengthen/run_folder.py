@@ -102,7 +102,7 @@ class RunFolder:
         return [config for config in FINAL_CONFIGS if self.folder(config).finished()]
 
     def shards(self, config: str, iteration: int | None = None) -> list[Path]:
-        return sorted(self.folder(config, iteration).data.glob("*.parquet"))
+        return self.folder(config, iteration).shards()
 
     def read(self, config: str, iteration: int | None = None) -> pl.DataFrame:
         return self.folder(config, iteration).read()

@@ -6,6 +6,7 @@ over it, so a reader never sees half a file and a failed write leaves the old fi
 
 from __future__ import annotations
 
+import hashlib
 import io
 import os
 import tempfile
@@ -19,7 +20,16 @@ from selflengthen.errors import SelflengthenError
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
-def _first_line(error: Exception) -> str:
+def file_sha256(path: Path) -> str:
+    """The SHA-256 of a file's bytes, as hex (read in 1 MiB blocks)."""
+    digest = hashlib.sha256()
+    with path.open("rb") as stream:
+        for block in iter(lambda: stream.read(1 << 20), b""):
+            digest.update(block)
+    return digest.hexdigest()
+
+
+def first_line(error: Exception) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
 
@@ -61,7 +71,7 @@ def read_table(path: Path) -> pl.DataFrame:
     except SelflengthenError:
         raise
     except Exception as error:  # polars raises several types; all mean the same to the user
-        raise SelflengthenError(f"{path}: cannot be read as {kind}: {_first_line(error)}") from None
+        raise SelflengthenError(f"{path}: cannot be read as {kind}: {first_line(error)}") from None
     if frame.height == 0:
         raise SelflengthenError(f"{path}: no rows")
     return frame
@@ -104,7 +114,7 @@ def write_table(frame: pl.DataFrame, path: Path, overwrite: bool = False) -> Non
         os.replace(temporary, path)
     except Exception as error:
         Path(temporary).unlink(missing_ok=True)
-        raise SelflengthenError(f"{path}: cannot be written as {kind}: {_first_line(error)}") from error
+        raise SelflengthenError(f"{path}: cannot be written as {kind}: {first_line(error)}") from error
     except BaseException:
         Path(temporary).unlink(missing_ok=True)
         raise

@@ -1,8 +1,14 @@
 """Word counting and segmentation shared by every part of selflengthen.
 
-A *word* is either one CJK character (U+4E00–U+9FFF, U+3000–U+303F, U+FF00–U+FFEF) or a maximal
+A *word* is either one CJK character (U+4E00–U+9FFF, U+3001–U+303F, U+FF00–U+FFEF) or a maximal
 run of other characters that are not whitespace. English is therefore counted in words and
 Chinese in characters, the units the Self-Lengthen paper reports, and a mixed text counts both.
+Whitespace is never a word (U+3000, the ideographic space, included). Japanese kana are not in
+those ranges: a run of kana counts as one word, each kanji as one.
+
+Repetition is judged on *content words* only (`content_tokens`): words with at least one
+character for which `str.isalnum()` is true, so table rules (`| --- |`), dot leaders and
+separator lines (`＝＝＝`) never make a text repetitive.
 
 `tokens` and `count_words` are the reference definitions (plain regular expressions);
 `token_spans` gives the same segmentation as NumPy arrays of offsets for code that needs speed.
@@ -15,7 +21,7 @@ from typing import NamedTuple
 
 import numpy as np
 
-CJK_RANGES: tuple[tuple[int, int], ...] = ((0x4E00, 0x9FFF), (0x3000, 0x303F), (0xFF00, 0xFFEF))
+CJK_RANGES: tuple[tuple[int, int], ...] = ((0x4E00, 0x9FFF), (0x3001, 0x303F), (0xFF00, 0xFFEF))
 
 _CJK_CLASS = "".join(f"{chr(lo)}-{chr(hi)}" for lo, hi in CJK_RANGES)
 _CJK_RE = re.compile(f"[{_CJK_CLASS}]")
@@ -37,22 +43,35 @@ def count_words(text: str) -> int:
     return n_cjk + len(_CJK_RE.sub(" ", text).split())
 
 
+def is_content(word: str) -> bool:
+    """True for a word with at least one letter or digit (`str.isalnum`); words of punctuation
+    or symbols alone (`|`, `---`, `.`, `。`, `＝＝＝`) are not content."""
+    return any(char.isalnum() for char in word)
+
+
+def content_tokens(text: str) -> list[str]:
+    """The content words of `text` in order (`tokens` without punctuation-only words)."""
+    return [word for word in tokens(text) if is_content(word)]
+
+
 def is_cjk(char: str) -> bool:
     """True for a character in one of the CJK ranges that count as one word each."""
     code = ord(char)
     return any(lo <= code <= hi for lo, hi in CJK_RANGES)
 
 
-# Character classes for the vectorised segmentation: 0 other, 1 whitespace, 2 CJK (wins over
-# whitespace, so U+3000 IDEOGRAPHIC SPACE is a word, as in `tokens`). Every character Python
-# calls whitespace lies below U+3001 and every CJK range below U+FFFF (checked by the tests), so
-# a table of 64 Ki entries (cache-resident) covers them and every higher code point is "other".
+# Character classes for the vectorised segmentation: 0 other, 1 whitespace, 2 CJK. Every
+# character Python calls whitespace lies below U+3001 and every CJK range below U+FFFF (checked by
+# the tests), so a table of 64 Ki entries (cache-resident) covers them and every higher code
+# point is "other".
 _OTHER, _SPACE, _CJK = 0, 1, 2
 _TABLE_SIZE = 0x10000
 _CLASS_TABLE = np.zeros(_TABLE_SIZE + 1, dtype=np.uint8)
 _CLASS_TABLE[[c for c in range(0x3001) if chr(c).isspace()]] = _SPACE
 for _lo, _hi in CJK_RANGES:
     _CLASS_TABLE[_lo : _hi + 1] = _CJK
+#: `str.isalnum()` of every code point below U+10000 (higher ones are looked up one by one).
+_ALNUM_TABLE = np.array([chr(code).isalnum() for code in range(_TABLE_SIZE)], dtype=bool)
 
 
 class TokenSpans(NamedTuple):
@@ -117,3 +136,15 @@ def token_spans(text: str) -> TokenSpans:
     cjk_mask = np.zeros(len(points), dtype=bool)
     cjk_mask[cjk_positions] = True
     return TokenSpans(points, starts, ends, cjk_mask[starts])
+
+
+def content_mask(spans: TokenSpans) -> np.ndarray:
+    """Whether each word of `spans` is a content word (`is_content`), vectorised."""
+    points = spans.codepoints
+    astral = np.flatnonzero(points >= _TABLE_SIZE) if points.itemsize > 2 else np.empty(0, dtype=np.int64)
+    alnum = _ALNUM_TABLE.take(np.minimum(points, _TABLE_SIZE - 1) if len(astral) else points)
+    for position in astral.tolist():
+        alnum[position] = chr(int(points[position])).isalnum()
+    before = np.zeros(len(points) + 1, dtype=np.int64)
+    np.cumsum(alnum, out=before[1:])
+    return before.take(spans.ends) > before.take(spans.starts)

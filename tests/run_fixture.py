@@ -167,6 +167,7 @@ def make_run(
         "run_dir": str(root / "run"),
         "iterations": iterations,
         "train": {"recipe": "sft.yaml"},
+        "sampling": {"max_tokens": 1000},  # fits the default context of 4096 tokens
     }
     data["length_control"] = {"min_words": 100, "max_words": 2000, "round_to": 100, "coarse_round_to": 100}
     (root / "run.yaml").write_text(yaml.safe_dump(data | overrides))

@@ -32,7 +32,8 @@ SECRET = "sk-battery-0123456789abcdef"
 @dataclass
 class Case:
     """`args` for the CLI; `config` (a change to the fixture's run config, or raw text/bytes)
-    is written to `run.yaml` and `{config}` in `args` names it; `{run}` names the run copy."""
+    is written to `run.yaml` and `{config}` in `args` names it; `{run}` names the run copy and
+    `{case}` (in `args` and `message`) the case's folder."""
 
     name: str
     args: list[str]
@@ -55,6 +56,10 @@ def _merge(base: dict, change: dict) -> dict:
 RUN = ["run", "--config", "{config}"]
 GENERATE = ["generate", "--run-dir", "{run}", "--iteration", "2", "--instructions", "{case}/good.jsonl"]
 GOOD_INSTRUCTIONS = {"good.jsonl": '{"instruction": "Write a long story about a lighthouse."}\n'}
+ANSWER = (
+    '{{"id": "a", "query": "About 100 words.", "type": "about", "constraint": "100", "language": "en", '
+    '"model": "m", "response": {response}}}\n'
+)
 
 
 def seeds_case(name: str, message: str, file: str, content: str | bytes | None) -> Case:
@@ -217,6 +222,51 @@ def cases(busy_port: int, closed_port: int) -> list[Case]:
             ["self-instruct", "--run-dir", "{run}", "--count", "-3"],
             "--count: must be >= 1",
         ),
+        Case(
+            "run_dir is a file",
+            RUN,
+            "afile: exists and is not a folder",
+            config={"run_dir": "{case}/afile"},
+            files={"afile": "x"},
+        ),
+        Case(
+            "--run-dir is a file (step command)",
+            ["generate", "--run-dir", "{case}/afile", "--instructions", "{case}/good.jsonl"],
+            "--run-dir {case}/afile: exists and is not a folder",
+            files={"afile": "x", **GOOD_INSTRUCTIONS},
+        ),
+        Case(
+            "max_tokens leaves no room for the prompt",
+            RUN,
+            "sampling.max_tokens: 512 leaves no room for the prompt in a context of 512 tokens",
+            config={"engine": {"max_model_len": 512}, "sampling": {"max_tokens": 512}},
+        ),
+        Case(
+            "--max-tokens leaves no room for the prompt (step command)",
+            [*GENERATE, "--max-tokens", "16384", "--max-model-len", "4096"],
+            "--max-tokens 16384 leaves no room for the prompt in a context of 4096 tokens",
+            files=GOOD_INSTRUCTIONS,
+        ),
+        Case(
+            "eval --responses with a missing answer",
+            ["eval", "--responses", "{case}/answers.jsonl", "--out", "{case}/out"],
+            "answers.jsonl: `response` is missing or null in 1 row(s) (first: row 2)",
+            files={
+                "answers.jsonl": ANSWER.format(response='"Fifty words."') + ANSWER.format(response="null")
+            },
+        ),
+        Case(
+            "sample: numbers written as text",
+            ["sample", "{case}/lengths.jsonl", "{case}/out.jsonl", "--length-column", "words"],
+            "lengths.jsonl: length_column 'words' holds numbers written as text",
+            files={"lengths.jsonl": '{"words": "300"}\n{"words": "12"}\n'},
+        ),
+        Case(
+            "sample: a negative length",
+            ["sample", "{case}/lengths.jsonl", "{case}/out.jsonl", "--length-column", "words"],
+            "lengths.jsonl: length_column 'words' has a length that is not a word count (-3)",
+            files={"lengths.jsonl": '{"words": 5}\n{"words": -3}\n'},
+        ),
     ]
 
 
@@ -277,7 +327,8 @@ def check(case: Case, fixture_run: Path, folder: Path) -> str | None:
     problems = []
     if result.returncode == 0:
         problems.append("exit 0")
-    if len(lines) != 1 or not lines[0].startswith("selflengthen: error: ") or case.message not in lines[0]:
+    message = case.message.replace("{case}", str(folder))
+    if len(lines) != 1 or not lines[0].startswith("selflengthen: error: ") or message not in lines[0]:
         problems.append(f"stderr {result.stderr[-600:]!r}")
     if "Traceback" in result.stderr or SECRET in result.stdout + result.stderr:
         problems.append("a traceback or the secret in the output")

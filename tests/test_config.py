@@ -129,11 +129,13 @@ def test_defaults_are_the_papers() -> None:
         0.2,
     )
     sampling = config.sampling_options()
+    # The paper's decoding, but answers that fit the default context (4096) beside their prompt.
+    assert sampling.max_tokens < config.engine.max_model_len == 4096
     assert (sampling.temperature, sampling.top_p, sampling.top_k, sampling.max_tokens) == (
         0.7,
         0.8,
         20,
-        16384,
+        1000,
     )
     assert config.folder == Path("runs/x")
     assert config.length_control.weights == {"about": 0.4, "range": 0.25, "above": 0.1, "below": 0.25}

@@ -83,7 +83,7 @@ def test_sampling_defaults_are_the_papers_and_seeds_are_stable() -> None:
         "top_p": 0.8,
         "top_k": 20,
         "repetition_penalty": 1.1,
-        "max_tokens": 16384,
+        "max_tokens": 1000,  # the paper's 16384 does not fit the default context of 4096
     }
     assert payload["seed"] == request_seed(0, "generate", "doc", 0, 1)
     assert request_seed(0, "a", 1) != request_seed(0, "a", 2) != request_seed(1, "a", 2)

@@ -1,9 +1,13 @@
+import json
+from pathlib import Path
+
 import pytest
 from datatrove.data import Document
 from hypothesis import given
 from hypothesis import strategies as st
 
 from selflengthen.filters import (
+    DEFAULT_META_WORDS,
     MISSING_TEXT,
     EndingFilter,
     GrowthFilter,
@@ -13,10 +17,11 @@ from selflengthen.filters import (
     find_repeated_ngram,
 )
 from selflengthen.filters.repetition import find_repeated_ngrams
-from selflengthen.text import tokens
+from selflengthen.text import content_tokens
 from tests.strategies import repetitive_texts, texts
 
 ENGLISH = " ".join(f"w{i}" for i in range(40))
+LABELLED_LINES = Path(__file__).parent / "data" / "meta_comment_lines.jsonl"
 CHINESE = "春眠不觉晓处处闻啼鸟夜来风雨声花落知多少床前明月光疑是地上霜举头望明月低头思故乡"
 
 
@@ -26,7 +31,7 @@ def doc(text: object, **metadata: object) -> Document:
 
 def naive_repeat(text: str, ngram: int) -> list[str] | None:
     """The rule, written the obvious way: a set of n-gram tuples."""
-    words = tokens(text)
+    words = content_tokens(text)
     seen: set[tuple[str, ...]] = set()
     for first in range(len(words) - ngram + 1):
         gram = tuple(words[first : first + ngram])
@@ -86,6 +91,22 @@ def test_repetition_explicit_size_and_overlapping_repeats() -> None:
     assert RepetitionFilter().filter(doc("na " * 10)) is True
 
 
+def test_repetition_skips_tables_leaders_and_separator_lines() -> None:
+    """Words of punctuation or symbols alone never form n-grams: long-form answers contain
+    Markdown tables, dot leaders and separator lines, and those must pass."""
+    header = "| " + " | ".join(f"column{k}" for k in range(8)) + " |"
+    rule = "|" + "|".join([" --- "] * 8) + "|"
+    rows = "\n".join("| " + " | ".join(f"r{row}c{k}" for k in range(8)) + " |" for row in range(4))
+    table = f"{header}\n{rule}\n{rows}"
+    assert RepetitionFilter().filter(doc(f"{ENGLISH}\n\n{table}\n")) is True
+    leaders = "Chapter one . . . . . . . . . . . . . . . 3\nChapter two . . . . . . . . . . . . . . . 9"
+    assert RepetitionFilter().filter(doc(leaders)) is True
+    separators = f"{CHINESE[:20]}\n＝＝＝＝＝＝\n{CHINESE[20:]}\n" + "＝ " * 30
+    assert RepetitionFilter().filter(doc(separators)) is True
+    # Punctuation between repeated words does not hide the repeat either.
+    assert RepetitionFilter(ngram=3).filter(doc("a b c | --- | a , b ; c"))[0] is False
+
+
 def test_repetition_whitespace_between_words_does_not_matter() -> None:
     assert find_repeated_ngram("alpha beta gamma\nalpha   beta\tgamma", 3) == "alpha   beta\tgamma"
 
@@ -111,7 +132,7 @@ def test_repetition_agrees_with_naive_rule(text: str, ngram: int) -> None:
     expected = naive_repeat(text, ngram)
     assert (found is None) == (expected is None)
     if found is not None:
-        assert tokens(found) == expected
+        assert content_tokens(found) == expected
 
 
 @given(st.lists(repetitive_texts(), max_size=8), st.integers(min_value=1, max_value=5))
@@ -218,33 +239,73 @@ def test_length_rejects_bad_parameters(kwargs: dict, param: str) -> None:
 
 
 @pytest.mark.parametrize(
-    ("text", "word"),
+    ("text", "match"),
     [
-        ("Here is the revised essay:\n\nOnce upon a time.", "revised"),
-        ("Title\nThis RESPONSE covers the topic.\nBody.", "response"),
-        ("Body one.\nBody two.\nBody three.\nBody four.\nI hope this version helps.", "version"),
-        ("以下是修改后的文章：\n\n正文。", "修改"),
-        ("正文第一段。\n\n正文第二段。\n\n希望这个回答对你有帮助。", "回答"),
+        ("Here is the revised essay:\n\nOnce upon a time.", "here is the revised essay"),
+        ("Title\nThis RESPONSE covers the topic.\nBody.", "this response"),
+        ("Body one.\nBody two.\nBody three.\nBody four.\nI hope this version helps.", "i hope this version"),
+        (
+            "Story.\nMore.\nI made some changes to improve the flow of the text.",
+            "i made some changes to improve the flow",
+        ),
+        ("以下是修改后的文章：\n\n正文。", "以下是修改后的"),
+        ("正文第一段。\n\n正文第二段。\n\n希望这个回答对你有帮助。", "这个回答"),
     ],
 )
-def test_meta_comment_rejects_self_talk_at_the_edges(text: str, word: str) -> None:
-    assert MetaCommentFilter().filter(doc(text)) == (False, f"meta_comment: {word}")
+def test_meta_comment_rejects_self_talk_at_the_edges(text: str, match: str) -> None:
+    assert MetaCommentFilter().filter(doc(text)) == (False, f"meta_comment: {match}")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "GNU GENERAL PUBLIC LICENSE\nVersion 3, 29 June 2007",
+        "Changed in version 3.11: the response object gained a method.",
+        "You may distribute modified versions of the Program.\nSee Paragraph 6.",
+        "In response to these concerns, scientists began work on a vaccine.",
+        "版本 2.0 发布说明\n修改配置文件后重启服务。",
+        "我们需要修改这个段落的格式。",
+    ],
+)
+def test_meta_comment_keeps_human_text_that_merely_uses_the_words(text: str) -> None:
+    assert MetaCommentFilter().filter(doc(text)) is True
+    assert MetaCommentFilter(words=DEFAULT_META_WORDS).filter(doc(text))[0] is False  # the paper's rule
+
+
+def test_meta_comment_catches_what_the_word_list_caught_in_model_answers() -> None:
+    """Lines our runs' models wrote at the edges of answers, labelled by hand
+    (benchmarks/meta_comment.py measures the same on human text)."""
+    rows = [json.loads(line) for line in LABELLED_LINES.read_text(encoding="utf-8").splitlines()]
+    phrases, word_list = MetaCommentFilter(), MetaCommentFilter(words=DEFAULT_META_WORDS)
+    meta = [row["line"] for row in rows if row["meta"]]
+    assert meta and all(phrases.meta_word(line) is not None for line in meta if word_list.meta_word(line))
+    assert sum(phrases.meta_word(line) is not None for line in meta) > sum(
+        word_list.meta_word(line) is not None for line in meta
+    )
+    assert not [row["line"] for row in rows if not row["meta"] and phrases.meta_word(row["line"])]
 
 
 def test_meta_comment_keeps_the_middle_and_partial_words() -> None:
-    middle = "Intro.\nSecond.\nThe version control paragraph sits here.\nFour.\nFive.\nSix.\nSeven."
+    middle = "Intro.\nSecond.\nHere is the revised version, in the middle.\nFour.\nFive.\nSix.\nSeven."
     assert MetaCommentFilter().filter(doc(middle)) is True
-    assert MetaCommentFilter().filter(doc("A conversion of units, responsibly done.")) is True
-    assert MetaCommentFilter(head_lines=0, tail_lines=0).filter(doc("Revised version.")) is True
+    words = MetaCommentFilter(words=DEFAULT_META_WORDS)
+    assert words.filter(doc("A conversion of units, responsibly done.")) is True
+    assert MetaCommentFilter(head_lines=0, tail_lines=0).filter(doc("Here is the revised version.")) is True
 
 
-def test_meta_comment_custom_words_and_bad_parameters() -> None:
+def test_meta_comment_custom_words_patterns_and_bad_parameters() -> None:
     assert MetaCommentFilter(words=["draft"]).filter(doc("My Draft:\ntext.")) == (
         False,
         "meta_comment: draft",
     )
+    assert MetaCommentFilter(patterns=[r"\bin short\b"]).filter(doc("Text.\nIn short, yes.")) == (
+        False,
+        "meta_comment: in short",
+    )
     with pytest.raises(ValueError, match="words"):
         MetaCommentFilter(words=[])
+    with pytest.raises(ValueError, match="patterns"):
+        MetaCommentFilter(patterns=["(unclosed"])
     with pytest.raises(ValueError, match="head_lines"):
         MetaCommentFilter(head_lines=-1)
 

@@ -18,7 +18,7 @@ from selflengthen.engine.options import SamplingOptions
 from selflengthen.engine.streaming import EARLY_STOP
 from selflengthen.filters import MetaCommentFilter, RepetitionFilter
 from selflengthen.filters.prefix import HeadMetaWatch, PrefixWatch, RepeatWatch
-from selflengthen.text import is_cjk, tokens
+from selflengthen.text import is_cjk, is_content, tokens
 from tests.strategies import repetitive_texts, small_vocabulary, texts
 
 
@@ -36,12 +36,12 @@ def _first_stop(watch: PrefixWatch, chunks: list[str]) -> int | None:
 
 
 def _complete_words(prefix: str) -> list[str]:
-    """The words of `prefix` that no continuation can change: all but a trailing run of
-    non-CJK characters that is not followed by whitespace."""
+    """The content words of `prefix` that no continuation can change: all but a trailing run
+    of non-CJK characters that is not followed by whitespace."""
     words = tokens(prefix)
     if words and not prefix[-1].isspace() and not is_cjk(words[-1][0]):
         words.pop()
-    return words
+    return [word for word in words if is_content(word)]
 
 
 def _has_repeat(words: list[str], n: int) -> bool:

@@ -172,7 +172,9 @@ def test_the_published_stats_are_the_run_stats_with_portable_paths(run_dir: Path
             published = json.loads(
                 (dataset_root(exported) / "stats" / f"iter-{k}" / f"{config}.json").read_text()
             )
-            assert published == json.loads((run_dir / f"iter_{k}" / config / "stats.json").read_text())
+            local = json.loads((run_dir / f"iter_{k}" / config / "stats.json").read_text())
+            assert set(local.pop("shards")) == {"part-00000.parquet"}  # local files only: not published
+            assert published == local
         result = json.loads(
             (dataset_root(exported) / "stats" / "iter-2" / "train-generator.json").read_text()
         )
@@ -331,3 +333,35 @@ def test_a_run_with_one_finished_iteration_publishes_just_that(tmp_path: Path) -
     assert "This is the first version of this dataset." in card.text
     assert not re.search(r"^### `(long|final)`", card.text, re.MULTILINE)
     assert [entry["config_name"] for entry in card.data.to_dict()["configs"]] == list(ITERATION_CONFIGS)
+
+
+@pytest.mark.parametrize("damage", ["truncate", "flip", "remove", "extra"])
+def test_a_damaged_shard_is_one_line_naming_it_and_nothing_is_published(tmp_path: Path, damage: str) -> None:
+    """Each shard's size and SHA-256 are recorded when its step finishes and checked before a
+    step or `publish` reads it: a damaged iteration-2 shard stops the whole publish, healthy
+    iteration 1 included, before anything is written."""
+    run_dir = make_run(tmp_path / "run")
+    shard = run_dir / "iter_2" / "extended" / "data" / "part-00000.parquet"
+    data = shard.read_bytes()
+    if damage == "truncate":
+        shard.write_bytes(data[: len(data) // 2])
+    elif damage == "flip":
+        shard.write_bytes(data[:100] + bytes([data[100] ^ 1]) + data[101:])
+    elif damage == "remove":
+        shard.unlink()
+    else:
+        (shard.parent / "part-00001.parquet").write_bytes(data)
+    out = tmp_path / "out"
+    result = cli("publish", str(run_dir), "--repo", "o/n", "--dry-run", "--out", str(out))
+    lines = result.stderr.strip().splitlines()
+    assert result.returncode == 2 and len(lines) == 1, result.stderr
+    expected = {
+        "truncate": "damaged",
+        "flip": "damaged",
+        "remove": "missing",
+        "extra": "not written by the step",
+    }
+    assert str(shard.parent) in lines[0] and expected[damage] in lines[0]
+    assert not out.exists()
+    with pytest.raises(SelflengthenError, match=expected[damage]):
+        RunFolder.open(run_dir).read("extended", 2)

@@ -25,15 +25,31 @@ def test_keep_probabilities_match_the_formula() -> None:
     np.testing.assert_allclose(kept[[1, 3, 2]] / trials, [1 - 2 * 0.75**3, 0.75, 1 - 2 * 0.25**3], atol=0.02)
 
 
-def test_ties_take_the_first_rank() -> None:
-    """Lengths 5, 5, 9: both 5s have rank 1 (r = 2/3, kept with probability 1 − 16/27)."""
-    rates = np.mean(
-        [
-            length_weighted_sample(frame_of([5, 5, 9]), "words", seed)["row"].to_list() == [2]
-            for seed in range(4000)
-        ]
-    )
-    assert rates == pytest.approx((16 / 27) ** 2, abs=0.03)
+def test_ties_share_the_last_rank() -> None:
+    """Lengths 5, 5, 9: both 5s have rank 2 (r = 1/3, each kept with probability 1 − 2/27)."""
+    kept = np.zeros(3)
+    for seed in range(4000):
+        kept[length_weighted_sample(frame_of([5, 5, 9]), "words", seed)["row"].to_numpy()] += 1
+    assert kept[2] == 4000
+    np.testing.assert_allclose(kept[:2] / 4000, [25 / 27, 25 / 27], atol=0.02)
+
+
+@pytest.mark.parametrize("n", [1, 2, 5, 50, 1000])
+def test_equal_lengths_are_all_kept(n: int) -> None:
+    """Every row is among the longest, so every row is kept (the min-rank rule kept none)."""
+    for seed in range(5):
+        assert length_weighted_sample(frame_of([300] * n), "words", seed).height == n
+
+
+def test_bad_length_values_are_refused() -> None:
+    with pytest.raises(ValueError, match="numbers written as text"):
+        length_weighted_sample(pl.DataFrame({"words": ["300", " 12 ", "4.5"]}), "words", 0)
+    with pytest.raises(ValueError, match="not a word count \\(-3\\)"):
+        length_weighted_sample(frame_of([5, -3, 9]), "words", 0)
+    with pytest.raises(ValueError, match="not a word count"):
+        length_weighted_sample(pl.DataFrame({"words": [1.0, float("inf")]}), "words", 0)
+    texts = pl.DataFrame({"words": ["300", "a real answer"]})  # a text column with one numeric answer
+    assert "a real answer" in length_weighted_sample(texts, "words", 0)["words"].to_list()
 
 
 def test_survival_and_monotone_rate_on_many_distinct_lengths() -> None:
@@ -83,16 +99,15 @@ def test_same_seed_same_rows(lengths: list[int], seed: int) -> None:
 def test_longest_kept_and_shortest_never(lengths: list[int], seed: int) -> None:
     kept = set(length_weighted_sample(frame_of(lengths), "words", seed)["row"].to_list())
     longest = max(lengths)
-    if lengths.count(longest) == 1:
-        assert lengths.index(longest) in kept
+    assert {row for row, length in enumerate(lengths) if length == longest} <= kept
     n = len(lengths)
     for row, length in enumerate(lengths):
-        rank = sum(other < length for other in lengths) + 1
+        rank = sum(other <= length for other in lengths)
         if rank / n <= NEVER_KEPT_SHARE:
             assert row not in kept
 
 
-@given(st.lists(st.integers(min_value=-5, max_value=10**9), min_size=1, max_size=100), st.integers(0, 2**32))
+@given(st.lists(st.integers(min_value=0, max_value=10**9), min_size=1, max_size=100), st.integers(0, 2**32))
 def test_counting_ranks_equal_sorting_ranks(lengths: list[int], seed: int) -> None:
     """Integer counts over a small range are ranked by counting, wide or float ones by polars'
     sort; both must keep the same rows."""

@@ -4,7 +4,16 @@ import sys
 import pytest
 from hypothesis import given
 
-from selflengthen.text import CJK_RANGES, count_words, is_cjk, token_spans, tokens
+from selflengthen.text import (
+    CJK_RANGES,
+    content_mask,
+    content_tokens,
+    count_words,
+    is_cjk,
+    is_content,
+    token_spans,
+    tokens,
+)
 from tests.strategies import texts
 
 
@@ -19,7 +28,9 @@ from tests.strategies import texts
         ("我爱Python编程", 5),  # 4 CJK characters + 1 run of Latin letters
         ("Hello,世界", 3),  # "Hello," then two CJK characters
         ("ＡＢＣ", 3),  # full-width forms count one each
-        ("a\u3000b", 3),  # U+3000 is in the CJK range, so it is a word of its own
+        ("a\u3000b", 2),  # U+3000 (ideographic space) is whitespace, never a word
+        ("\u3000\u3000", 0),
+        ("これは日本語です", 5),  # a kana run is one word, each kanji one: これは 日 本 語 です
         ("naïve café — déjà vu", 5),
         ("😀 emoji", 2),
     ],
@@ -76,3 +87,17 @@ def test_megabyte_single_line() -> None:
     assert count_words(text) == 250_000
     spans = token_spans(text)
     assert len(spans.starts) == 250_000
+
+
+def test_content_tokens_skip_punctuation_and_symbols_only() -> None:
+    assert content_tokens("| a | --- | b. | 。 ＝＝＝ … x2 — 中") == ["a", "b.", "x2", "中"]
+    assert [is_content(word) for word in ["|", "---", ".", "。", "＝＝＝", "〇", "ａ"]] == [
+        False, False, False, False, False, True, True,
+    ]  # fmt: skip
+
+
+@given(texts)
+def test_content_mask_matches_is_content(text: str) -> None:
+    spans = token_spans(text)
+    words = [text[start:end] for start, end in zip(spans.starts.tolist(), spans.ends.tolist(), strict=True)]
+    assert content_mask(spans).tolist() == [is_content(word) for word in words]

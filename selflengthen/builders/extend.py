@@ -48,7 +48,7 @@ from selflengthen.errors import SelflengthenError, require_at_least_one
 from selflengthen.filters import GrowthFilter
 from selflengthen.filters.prefix import HeadMetaWatch, RepeatWatch
 from selflengthen.prompts import template
-from selflengthen.text import count_words, tokens
+from selflengthen.text import content_tokens, count_words
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
 
@@ -148,7 +148,7 @@ class StageOneWatch:
             if any(META_COMMENT.meta_word(line) is not None for line in head):
                 return rejection(META_COMMENT, HeadMetaWatch.reason)
             self._head_open = len(head) < META_COMMENT.head_lines
-        if self._repeat.found is not None and len(tokens(kept)) >= self._repeat.words:
+        if self._repeat.found is not None and len(content_tokens(kept)) >= self._repeat.words:
             return rejection(REPETITION, RepeatWatch.reason)
         return None
 

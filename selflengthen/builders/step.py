@@ -35,7 +35,7 @@ from selflengthen.engine.streaming import EARLY_STOP, REQUEST_WATCH
 from selflengthen.errors import SelflengthenError, ServerFailed
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, reason_kind
 from selflengthen.filters.prefix import HeadMetaWatch, PrefixWatch, RepeatWatch
-from selflengthen.tables import write_table
+from selflengthen.tables import file_sha256, first_line, write_table
 
 RESULTS_KEY = "rollout_results"
 _RECORDS_PER_CHUNK = 25
@@ -63,8 +63,41 @@ class StepFolder:
     def finished(self) -> bool:
         return self.stats.is_file()
 
+    def shards(self) -> list[Path]:
+        """The step's parquet shards, each checked against the size and SHA-256 recorded in
+        `stats.json` when the step finished (a one-line error names a missing, damaged or
+        unrecorded shard). Steps finished before shards were recorded are read unchecked."""
+        present = sorted(self.data.glob("*.parquet"))
+        try:
+            recorded = json.loads(self.stats.read_text(encoding="utf-8")).get("shards")
+        except (OSError, ValueError, AttributeError) as error:
+            raise SelflengthenError(f"{self.stats}: unreadable ({error}); rerun the step") from None
+        if recorded is None:
+            return present
+        redo = f"remove {self.root} and rerun the step"
+        for path in present:
+            if path.name not in recorded:
+                raise SelflengthenError(f"{path}: not written by the step (not in {self.stats}); remove it")
+        for name, record in sorted(recorded.items()):
+            path = self.data / name
+            if not path.is_file():
+                raise SelflengthenError(f"{path}: missing (recorded in {self.stats}); {redo}")
+            size = path.stat().st_size
+            if size != record["bytes"] or file_sha256(path) != record["sha256"]:
+                raise SelflengthenError(
+                    f"{path}: damaged ({size} bytes, {record['bytes']} recorded with a different checksum in "
+                    f"{self.stats}); {redo}"
+                )
+        return [self.data / name for name in sorted(recorded)]
+
     def read(self) -> pl.DataFrame:
-        return pl.read_parquet(self.data / "*.parquet")
+        shards = self.shards()
+        try:
+            return pl.concat([pl.read_parquet(path) for path in shards], how="vertical")
+        except (pl.exceptions.PolarsError, OSError) as error:
+            raise SelflengthenError(
+                f"{self.data}: unreadable parquet ({first_line(error)}); rerun the step"
+            ) from None
 
 
 def step_folder(run_dir: Path, iteration: int, step: str) -> StepFolder:
@@ -399,7 +432,9 @@ def copy_file_atomic(source: Path, path: Path) -> None:
 
 def finish_step(folder: StepFolder, frame: pl.DataFrame, stats: dict[str, Any]) -> dict[str, Any]:
     """Write the step's data, then its stats (last: their presence marks the step finished)."""
-    write_table(frame, folder.data / "part-00000.parquet", overwrite=True)
+    shard = folder.data / "part-00000.parquet"
+    write_table(frame, shard, overwrite=True)
+    stats = {**stats, "shards": {shard.name: {"bytes": shard.stat().st_size, "sha256": file_sha256(shard)}}}
     write_json_atomic(stats, folder.stats)
     return stats
 

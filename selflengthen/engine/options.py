@@ -13,7 +13,10 @@ from selflengthen.errors import SelflengthenError
 
 #: The paper's decoding parameters (the reference implementation's values).
 PAPER_SAMPLING = {"temperature": 0.7, "top_p": 0.8, "top_k": 20, "repetition_penalty": 1.1}
-PAPER_MAX_TOKENS = 16384
+#: The default answer length: what the default context (`max_model_len` 4096) and the embedded
+#: model leave room for, beside the prompt. The paper's 16384 needs a context of 32768 (the GPU
+#: recipes set both).
+DEFAULT_MAX_TOKENS = 1000
 
 
 #: A vLLM flag whose value is a secret (`--api-key`, `--hf-token`, ...).
@@ -45,7 +48,7 @@ class SamplingOptions:
     top_p: float = PAPER_SAMPLING["top_p"]
     top_k: int = PAPER_SAMPLING["top_k"]
     repetition_penalty: float = PAPER_SAMPLING["repetition_penalty"]
-    max_tokens: int = PAPER_MAX_TOKENS
+    max_tokens: int = DEFAULT_MAX_TOKENS
     seed: int = 0
     early_stop: bool = True
 
@@ -183,3 +186,14 @@ class EngineOptions:
     def api_key(self) -> str | None:
         """The endpoint's API key, read from the environment at the last moment (never stored)."""
         return os.environ.get(self.api_key_env) if self.api_key_env else None
+
+
+def context_problem(max_tokens: int, max_model_len: int) -> str | None:
+    """Why an answer of up to `max_tokens` cannot fit a context of `max_model_len` tokens (the
+    prompt and the answer share it; vLLM refuses every such request), or None."""
+    if max_tokens < max_model_len:
+        return None
+    return (
+        f"{max_tokens} leaves no room for the prompt in a context of {max_model_len} tokens "
+        "(vLLM would refuse every request); lower it or raise the context length"
+    )

@@ -127,6 +127,12 @@ def read_responses(path: Path) -> list[pl.DataFrame]:
     optionally `model`, the label, else the file's name; and `finish_reason`)."""
     frame = read_table(path)
     require_columns(frame, path, "response")
+    missing = frame.with_row_index("row").filter(pl.col("response").is_null())["row"]
+    if missing.len():
+        raise SelflengthenError(
+            f"{path}: `response` is missing or null in {missing.len()} row(s) (first: row {missing[0] + 1}); "
+            'a missing answer is not a 0-word answer: drop those rows, or write "" for an empty answer'
+        )
     if "model" not in frame.columns:
         frame = frame.with_columns(pl.lit(path.stem).alias("model"))
     frames = []

@@ -9,10 +9,11 @@ from selflengthen.filters.base import MISSING_TEXT, TextFilter
 from selflengthen.filters.ending import DEFAULT_TERMINALS, EndingFilter
 from selflengthen.filters.growth import GrowthFilter
 from selflengthen.filters.length import LengthFilter
-from selflengthen.filters.meta_comment import DEFAULT_META_WORDS, MetaCommentFilter
+from selflengthen.filters.meta_comment import DEFAULT_META_PATTERNS, DEFAULT_META_WORDS, MetaCommentFilter
 from selflengthen.filters.repetition import RepetitionFilter, find_repeated_ngram
 
 __all__ = [
+    "DEFAULT_META_PATTERNS",
     "DEFAULT_META_WORDS",
     "DEFAULT_TERMINALS",
     "MISSING_TEXT",

@@ -25,7 +25,7 @@ from typing import Protocol
 
 from selflengthen.filters.meta_comment import MetaCommentFilter
 from selflengthen.filters.repetition import CJK_NGRAM, DEFAULT_NGRAM, RepetitionFilter
-from selflengthen.text import is_cjk, tokens
+from selflengthen.text import is_cjk, is_content, tokens
 
 #: The line boundaries of `str.splitlines`.
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -49,7 +49,7 @@ class RepeatWatch:
         self._seen: set[tuple[str, ...]] = set()
         self._pending = ""  # a run of non-CJK characters at the end that may still grow
         self.found: tuple[str, ...] | None = None
-        self.words = 0  # complete words seen; once `found`, the repeat ends at word `words`
+        self.words = 0  # complete content words seen; once `found`, the repeat ends at word `words`
 
     @classmethod
     def for_filter(cls, check: RepetitionFilter) -> RepeatWatch:
@@ -65,6 +65,8 @@ class RepeatWatch:
             # A run of non-CJK characters at the very end: the next chunk may continue it.
             self._pending = words.pop()
         for word in words:
+            if not is_content(word):  # the filter skips punctuation-only words
+                continue
             self.words += 1
             self._window.append(word)
             if len(self._window) == self.ngram:

@@ -9,7 +9,7 @@ from datatrove.data import Document
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from selflengthen.filters.base import MISSING_TEXT, TextFilter
-from selflengthen.text import TokenSpans, token_spans
+from selflengthen.text import TokenSpans, content_mask, token_spans
 
 #: The paper's settings: 13-grams of characters for Chinese, 10-grams of words otherwise.
 CJK_NGRAM = 13
@@ -99,17 +99,22 @@ def _find_in_group(texts: list[str], ngram: int | None) -> list[str | None]:
     joined = "\n".join(texts)
     spans = token_spans(joined)
     text_starts = np.cumsum([0] + [len(text) + 1 for text in texts[:-1]])
-    first_word = np.searchsorted(spans.starts, text_starts)
-    end_word = np.append(first_word[1:], len(spans.starts))
-    text_of_word = np.repeat(np.arange(len(texts), dtype=np.uint32), end_word - first_word)
+    first_word, end_word = _word_ranges(spans, text_starts)
     if ngram is not None:
         ngram_per_text = np.full(len(texts), ngram)
-    elif spans.is_cjk.any():
+    elif spans.is_cjk.any():  # the script mix counts every word, punctuation included
         cjk_before = np.concatenate(([0], np.cumsum(spans.is_cjk)))
         cjk_per_text = cjk_before[end_word] - cjk_before[first_word]
         ngram_per_text = np.where(2 * cjk_per_text > end_word - first_word, CJK_NGRAM, DEFAULT_NGRAM)
     else:
         ngram_per_text = np.full(len(texts), DEFAULT_NGRAM)
+    content = content_mask(spans)
+    if not content.all():  # n-grams are formed from content words only
+        spans = spans._replace(
+            starts=spans.starts[content], ends=spans.ends[content], is_cjk=spans.is_cjk[content]
+        )
+        first_word, end_word = _word_ranges(spans, text_starts)
+    text_of_word = np.repeat(np.arange(len(texts), dtype=np.uint32), end_word - first_word)
     word_hashes = _word_hashes(spans)
     found: list[str | None] = [None] * len(texts)
     for size in np.unique(ngram_per_text).tolist():
@@ -133,6 +138,12 @@ def _find_in_group(texts: list[str], ngram: int | None) -> list[str | None]:
             candidates = np.flatnonzero(valid)[np.isin(keys, ordered[1:][same])]
             _confirm(joined, spans, candidates.tolist(), owner[candidates].tolist(), size, found)
     return found
+
+
+def _word_ranges(spans: TokenSpans, text_starts: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    """The first word of each text and the word after its last one."""
+    first_word = np.searchsorted(spans.starts, text_starts)
+    return first_word, np.append(first_word[1:], len(spans.starts))
 
 
 def _confirm(
@@ -165,16 +176,19 @@ class RepetitionFilter(TextFilter):
     """Drops a text in which some run of `ngram` consecutive words occurs more than once
     (reason `repeated_ngram: <the n-gram>`, naming the first repeat in reading order).
 
-    Words are those of `selflengthen.text.tokens`: each CJK character, each run of other
-    non-whitespace characters; so English is checked word by word (the reference implementation
-    merged whole ASCII runs into one token and barely checked English).
+    Words are those of `selflengthen.text.content_tokens`: each CJK character, each run of other
+    non-whitespace characters, so English is checked word by word (the reference implementation
+    merged whole ASCII runs into one token and barely checked English); words of punctuation or
+    symbols alone (`|`, `---`, `.`, `。`, `＝＝＝`) are skipped, so Markdown tables, dot leaders
+    and separator lines do not count as repetition.
 
     N-grams are hashed with NumPy, a batch of documents at a time, and sorted; equal hashes are
     then confirmed by comparing the words themselves, so a decision never rests on a hash.
 
     Args:
-        ngram: the run length. `None` (default) picks 13 when most words of the text are CJK
-            characters and 10 otherwise, the paper's settings for Chinese and English.
+        ngram: the run length. `None` (default) picks 13 when most words of the text (all of
+            them, punctuation included) are CJK characters and 10 otherwise, the paper's
+            settings for Chinese and English.
         text_key: `None` for `doc.text`, else the metadata field holding the text.
         batch_size: documents checked together by `filter_batch` (datatrove batches for us).
     """
