@@ -12,7 +12,7 @@ import typer
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from loguru import logger
 
-from selflengthen import __version__
+from selflengthen import __version__, interrupts
 from selflengthen.builders.extend import ExtendSettings, run_extend
 from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.sample import length_weighted_sample
@@ -516,6 +516,7 @@ def prepare_model_command(
 
 def main() -> None:
     """Entry point: run the app; report expected errors as one line and exit 2."""
+    interrupts.install()
     try:
         app()
     except SelflengthenError as error:
@@ -528,9 +529,9 @@ def main() -> None:
             raise
         typer.echo(f"selflengthen: error: {describe_os_error(error)}", err=True)
         sys.exit(2)
-    except KeyboardInterrupt:
-        typer.echo("selflengthen: interrupted", err=True)
-        sys.exit(130)
+    except (KeyboardInterrupt, interrupts.Interrupted) as error:
+        typer.echo("selflengthen: interrupted; rerun the same command to resume", err=True)
+        interrupts.exit_now(interrupts.exit_status(error))
 
 
 if __name__ == "__main__":

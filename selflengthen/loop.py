@@ -35,9 +35,10 @@ from selflengthen.builders.sft_data import SFT_STEPS, run_build_sft
 from selflengthen.builders.step import StepFolder, step_folder, write_json_atomic, write_text_atomic
 from selflengthen.config import RunConfig, identity_differences, parse_config
 from selflengthen.engine.models import ResolvedModel, resolve_model
-from selflengthen.engine.server import check_port_free, die_with_parent
+from selflengthen.engine.server import check_port_free
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError, require_folder
+from selflengthen.interrupts import children_die_with_us
 from selflengthen.train.roles import ROLES, Launch, train_role, trained_role
 
 ITERATION_STEPS = ("self-instruct", "generate", "extend", "build-sft", "train")
@@ -193,7 +194,7 @@ def run_loop(
     """Run the selected iterations (and, when they reach the last one, collect and length control)."""
     run_dir = config.folder
     force_from = _force_point(from_step, iterations)
-    _forked_children_die_with_us()
+    children_die_with_us()
     check_before_run(config)
     with run_lock(run_dir):
         save_config(config, run_dir)
@@ -211,17 +212,6 @@ def run_loop(
     if runner.replaced:
         print(f"moved {len(runner.replaced)} earlier output folder(s) to {run_dir / '.replaced'}")
     return summary
-
-
-_FORK_HOOK: list[bool] = []
-
-
-def _forked_children_die_with_us() -> None:
-    """Every process forked from here on (e.g. datatrove's multiprocess Manager) gets SIGTERM
-    when this process dies, so a killed run leaves no orphans behind."""
-    if not _FORK_HOOK:
-        os.register_at_fork(after_in_child=die_with_parent)
-        _FORK_HOOK.append(True)
 
 
 def _force_point(from_step: str | None, iterations: range) -> tuple[int | None, str] | None:

@@ -20,6 +20,29 @@ from selflengthen.errors import SelflengthenError
 FORMATS = {".jsonl": "jsonl", ".ndjson": "jsonl", ".csv": "csv", ".parquet": "parquet"}
 
 
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+#: The mode a new file gets from `open()` under this process's umask (read once at import).
+NEW_FILE_MODE = 0o666 & ~_umask()
+
+
+def temporary_beside(path: Path) -> Path:
+    """An empty temporary file in `path`'s folder (created if missing), to be renamed over
+    `path`: readers never see half a file. It gets the umask's mode like any new file, not
+    `mkstemp`'s private 0600."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
+    try:
+        os.fchmod(handle, NEW_FILE_MODE)
+    finally:
+        os.close(handle)
+    return Path(temporary)
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes, as hex (read in 1 MiB blocks)."""
     digest = hashlib.sha256()
@@ -101,9 +124,7 @@ def write_table(frame: pl.DataFrame, path: Path, overwrite: bool = False) -> Non
     Refuses (SelflengthenError) to replace an existing file unless `overwrite` is set.
     """
     kind = check_output(path, overwrite)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary = temporary_beside(path)
     try:
         if kind == "parquet":
             frame.write_parquet(temporary)
@@ -113,10 +134,10 @@ def write_table(frame: pl.DataFrame, path: Path, overwrite: bool = False) -> Non
             frame.write_ndjson(temporary)
         os.replace(temporary, path)
     except Exception as error:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise SelflengthenError(f"{path}: cannot be written as {kind}: {first_line(error)}") from error
     except BaseException:
-        Path(temporary).unlink(missing_ok=True)
+        temporary.unlink(missing_ok=True)
         raise
 
 

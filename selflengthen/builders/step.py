@@ -10,7 +10,6 @@ import shutil
 import statistics
 import subprocess
 import sys
-import tempfile
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
@@ -35,7 +34,7 @@ from selflengthen.engine.streaming import EARLY_STOP, REQUEST_WATCH
 from selflengthen.errors import SelflengthenError, ServerFailed
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, reason_kind
 from selflengthen.filters.prefix import HeadMetaWatch, PrefixWatch, RepeatWatch
-from selflengthen.tables import file_sha256, first_line, write_table
+from selflengthen.tables import file_sha256, first_line, temporary_beside, write_table
 
 RESULTS_KEY = "rollout_results"
 _RECORDS_PER_CHUNK = 25
@@ -410,10 +409,8 @@ def word_summary(words: list[int]) -> dict[str, float | int | None]:
 
 def write_text_atomic(text: str, path: Path) -> None:
     """Write `text` to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    with os.fdopen(handle, "w", encoding="utf-8") as stream:
-        stream.write(text)
+    temporary = temporary_beside(path)
+    temporary.write_text(text, encoding="utf-8")
     os.replace(temporary, path)
 
 
@@ -423,9 +420,7 @@ def write_json_atomic(payload: dict[str, Any], path: Path) -> None:
 
 def copy_file_atomic(source: Path, path: Path) -> None:
     """Copy `source` to a temporary file beside `path`, then rename it over `path`."""
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, temporary = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    os.close(handle)
+    temporary = temporary_beside(path)
     shutil.copyfile(source, temporary)
     os.replace(temporary, path)
 
