@@ -16,6 +16,7 @@ from selflengthen.builders.sft_data import drop_lines, run_build_sft
 from selflengthen.builders.step import finish_step, step_folder
 from selflengthen.config import LengthControlSection
 from selflengthen.errors import SelflengthenError
+from selflengthen.eval.scores import length_following_score, target_interval
 from selflengthen.loop import parse_iterations
 from selflengthen.prompts import variants
 from selflengthen.text import count_words
@@ -114,19 +115,40 @@ def test_collect_deduplicates_and_labels_origins(tmp_path: Path) -> None:
 SETTINGS = LengthControlSection(min_words=2000, max_words=8000, round_to=1000, coarse_round_to=2000)
 
 
-@given(st.integers(2000, 8000), st.integers(0, 10_000))
-def test_every_constraint_is_satisfied_by_its_answer(words: int, seed: int) -> None:
-    constraint = constraint_for(words, SETTINGS, random.Random(seed))
-    kind, low, high = constraint["constraint_type"], constraint["low_words"], constraint["high_words"]
-    if kind == "about":
-        assert constraint["target_words"] % 1000 == 0 and abs(constraint["target_words"] - words) <= 1000
-    else:
-        assert (low is None or low < words) and (high is None or words < high)
-        assert (low is None or low % 1000 == 0) and (high is None or high % 1000 == 0)
-        assert {"range": (True, True), "above": (True, False), "below": (False, True)}[kind] == (
-            low is not None,
-            high is not None,
-        )
+SMALL = LengthControlSection(min_words=200, max_words=2000, round_to=100, coarse_round_to=200)
+
+
+@given(st.sampled_from([SETTINGS, SMALL]), st.integers(0, 10_000), st.integers(0, 10_000))
+def test_every_constraint_is_followed_fully_under_the_eval_score(
+    settings: LengthControlSection, offset: int, seed: int
+) -> None:
+    """Scored with `eval`'s own functions: each answer scores 100 on its constraint, and
+    low_words..high_words is the interval eval scores (302 words were once "around 400")."""
+    words = settings.min_words + offset % (settings.max_words - settings.min_words + 1)
+    constraint = constraint_for(words, settings, random.Random(seed))
+    kind, written = constraint["constraint_type"], constraint["target_words"]
+    low, high = constraint["low_words"], constraint["high_words"]
+    numbers = [low, high] if kind == "range" else written
+    assert length_following_score(words, *target_interval(kind, numbers)) == 100.0
+    assert (low, high) == tuple(round(bound) for bound in target_interval(kind, numbers))
+    assert low <= words <= high and low < high
+    if kind == "above":
+        assert written < words and written % settings.round_to == 0
+    if kind == "below":
+        assert words < written and written % settings.round_to == 0
+    if kind == "range":
+        assert written is None and low < words < high
+
+
+@pytest.mark.parametrize(("words", "unit"), [(302, 200), (390, 200), (250, 200)])
+def test_a_unit_that_cannot_be_followed_falls_back_to_the_fine_one(words: int, unit: int) -> None:
+    settings = LengthControlSection(
+        min_words=200, max_words=2000, round_to=100, coarse_round_to=unit, coarse_probability=1.0,
+        weights={"about": 1.0, "range": 0.0, "above": 0.0, "below": 0.0},
+    )  # fmt: skip
+    constraint = constraint_for(words, settings, random.Random(0))
+    assert constraint["constraint_type"] == "about"
+    assert constraint["low_words"] <= words <= constraint["high_words"]
 
 
 def test_constraint_mix_and_rounding_follow_the_settings() -> None:
@@ -137,8 +159,9 @@ def test_constraint_mix_and_rounding_follow_the_settings() -> None:
         assert abs(share[kind] - weight) < 0.02
     abouts = [d["target_words"] for d in draws if d["constraint_type"] == "about"]
     assert abs(sum(t == 4000 for t in abouts) / len(abouts) - 1.0) < 0.01  # 4321 rounds to 4000 either way
-    abouts = [constraint_for(5200, SETTINGS, rng)["target_words"] for _ in range(20_000)]
-    coarse = sum(t == 6000 for t in abouts if t) / sum(1 for t in abouts if t)
+    draws = [constraint_for(5200, SETTINGS, rng) for _ in range(20_000)]
+    abouts = [d["target_words"] for d in draws if d["constraint_type"] == "about"]
+    coarse = sum(t == 6000 for t in abouts) / len(abouts)
     assert abs(coarse - 0.2) < 0.02  # 5200 -> 5000 by thousands, 6000 by two thousands
 
 
@@ -162,7 +185,7 @@ def test_templates_say_what_the_constraint_means(language: str) -> None:
 
 
 def test_constrained_instruction_keeps_the_instruction_intact() -> None:
-    constraint = {"constraint_type": "below", "target_words": None, "low_words": None, "high_words": 3000}
+    constraint = {"constraint_type": "below", "target_words": 3000, "low_words": 1500, "high_words": 3000}
     for seed in range(10):
         text = constrained_instruction("Write a story about tea", "en", constraint, random.Random(seed))
         assert "Write a story about tea." in text and "3000" in text

@@ -5,9 +5,16 @@ Answers of `min_words`..`max_words` words are kept. Each row (seeded by its id) 
 unit (`round_to`, or `coarse_round_to` with probability `coarse_probability`) and a constraint
 type by `weights`:
 
-- about L: L is the word count rounded to the nearest unit;
+- about L: L is the word count rounded to the nearest unit (or the next multiple) such that
+  the count lies within ±20% of L;
 - range a..b, more than a, less than b: a is the largest multiple of the unit below the count,
-  b the smallest above it, so the answer always satisfies its constraint.
+  b the smallest above it;
+
+so that the answer follows its constraint fully under `selflengthen eval`'s scoring (about L:
+0.8L..1.2L; more than a: a..1.5a; less than b: 0.5b..b; a range: a..b). `low_words` and
+`high_words` hold that interval; `target_words` the number written (None for a range). Where the
+drawn unit or type cannot be followed (a "more than" by two hundreds for 390 words: 200..300),
+the fine unit, then a range, then "less than" is used.
 
 The constraint is written in the instruction's language with one of several templates
 (`prompts/<lang>/length_<type>.txt`), before or after the untouched instruction. Output:
@@ -17,6 +24,7 @@ The constraint is written in the instruction's language with one of several temp
 from __future__ import annotations
 
 import json
+import math
 import random
 import re
 import time
@@ -28,6 +36,7 @@ import polars as pl
 from selflengthen.builders.step import StepFolder, finish_step, word_summary
 from selflengthen.config import LengthControlSection
 from selflengthen.engine.options import request_seed
+from selflengthen.eval.scores import length_following_score, target_interval
 from selflengthen.prompts import variants
 
 FINAL_SCHEMA = {
@@ -54,19 +63,51 @@ def final_folder(run_dir: Path) -> StepFolder:
 
 
 def constraint_for(words: int, settings: LengthControlSection, rng: random.Random) -> dict[str, Any]:
-    """A constraint that an answer of `words` words satisfies: type, target and bounds."""
+    """A constraint that an answer of `words` words follows fully under `eval`'s scoring: type,
+    the number written in the instruction (`target_words`; None for a range) and the interval
+    `eval` scores as followed (`low_words`..`high_words`, which contains `words`).
+
+    When the drawn unit admits no such constraint of the drawn type (about 302 words by
+    hundreds: "around 300"; by two hundreds neither 200 nor 400 has 302 within ±20%), the fine
+    unit is tried, then a range, then "less than"."""
     unit = settings.coarse_round_to if rng.random() < settings.coarse_probability else settings.round_to
     kinds, weights = zip(*settings.weights.items(), strict=True)
     kind = rng.choices(kinds, weights=weights)[0]
+    fine = settings.round_to
+    for attempt_kind, attempt_unit in ((kind, unit), (kind, fine), ("range", fine), ("below", fine)):
+        if (constraint := _followed_constraint(attempt_kind, words, attempt_unit)) is not None:
+            return constraint
+    raise AssertionError(f"no constraint for {words} words")  # "less than" always fits words >= unit
+
+
+def _followed_constraint(kind: str, words: int, unit: int) -> dict[str, Any] | None:
+    """The `kind` constraint on multiples of `unit` nearest to `words` that `words` follows, or
+    None. "More than" / "less than" bounds lie strictly below / above `words`."""
     below, above = (words - 1) // unit * unit, (words // unit + 1) * unit
-    if kind in ("range", "above") and below == 0:  # "more than 0 words" says nothing
-        kind = "below"
     if kind == "about":
-        target = max(unit, round(words / unit) * unit)
-        return {"constraint_type": kind, "target_words": target, "low_words": target, "high_words": target}
-    low = below if kind in ("range", "above") else None
-    high = above if kind in ("range", "below") else None
-    return {"constraint_type": kind, "target_words": None, "low_words": low, "high_words": high}
+        nearest = round(words / unit) * unit
+        written: object = next(
+            (t for t in (nearest, nearest - unit, nearest + unit) if t > 0 and _follows(words, kind, t)), None
+        )
+    elif kind == "range":
+        written = [below, above] if below > 0 else None
+    else:
+        written = below if kind == "above" else above
+        if written == 0 or not _follows(words, kind, written):
+            written = None
+    if written is None:
+        return None
+    low, high = target_interval(kind, written)
+    return {
+        "constraint_type": kind,
+        "target_words": None if kind == "range" else written,
+        "low_words": math.ceil(low),
+        "high_words": math.floor(high),
+    }
+
+
+def _follows(words: int, kind: str, written: object) -> bool:
+    return length_following_score(words, *target_interval(kind, written)) == 100.0
 
 
 def constrained_instruction(
@@ -76,12 +117,14 @@ def constrained_instruction(
     text = instruction.strip()
     if not _SENTENCE_END[language].search(text):
         text += _FULL_STOP[language]
-    chosen = rng.choice(variants(language, f"length_{constraint['constraint_type']}"))
+    kind = constraint["constraint_type"]
+    chosen = rng.choice(variants(language, f"length_{kind}"))
+    written = constraint["target_words"]
     return chosen.substitute(
         instruction=text,
-        words=constraint["target_words"] or "",
-        low=constraint["low_words"] or "",
-        high=constraint["high_words"] or "",
+        words=written or "",
+        low=written if kind == "above" else constraint["low_words"] or "",
+        high=written if kind == "below" else constraint["high_words"] or "",
     )
 
 
