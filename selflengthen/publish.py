@@ -73,12 +73,20 @@ def published_config(config: RunConfig) -> str:
     return yaml.safe_dump(data, sort_keys=False, allow_unicode=True)
 
 
+#: A path to one of the run's trained models, however the run folder was named when it was
+#: written (absolute, relative to another working folder, `runs/<name>`...).
+_RUN_MODEL_PATH = re.compile(
+    r"(?<![\w<>/.-])(?:[^\s\"'<>]*/)?(models/iter_\d+/(?:generator|extender)/(?:merged|adapter))"
+)
+
+
 def portable(text: str, run_dir: Path) -> str:
-    """`text` with the run folder's local path (absolute, or as the run was given) written as
-    `<run>`, so that published stats and rows name models by their place in the run."""
+    """`text` with the run folder's local path written as `<run>`, so that published stats and
+    rows name models by their place in the run: the folder as given and resolved, and any path
+    that ends in one of the run's model folders."""
     for prefix in sorted({str(run_dir.resolve()), str(run_dir)}, key=len, reverse=True):
         text = text.replace(prefix + "/", "<run>/")
-    return text
+    return _RUN_MODEL_PATH.sub(r"<run>/\1", text)
 
 
 def _portable_copy(source: Path, run_dir: Path, target: Path) -> Path:
@@ -184,7 +192,10 @@ def _dataset_files(
         if name in FINAL_CONFIGS and name not in finals:
             continue
         path = f"plots/words-{name}.png"
-        length_histogram(_words_by_iteration(run, name, iterations), f"{name}: words per row", staging / path)
+        unit = "instruction" if name == "instructions" else "answer"
+        length_histogram(
+            _words_by_iteration(run, name, iterations), f"{name}: words per row", staging / path, unit
+        )
         files[path] = staging / path
         histograms[name] = path
     write_text_atomic(published_config(config), staging / "run" / "config.yaml")

@@ -19,7 +19,7 @@ from huggingface_hub import DatasetCard, DatasetCardData, ModelCard
 from selflengthen.config import load_config
 from selflengthen.errors import SelflengthenError
 from selflengthen.hub import DryRunFolder
-from selflengthen.publish import PublishRequest, publish, published_config
+from selflengthen.publish import PublishRequest, portable, publish, published_config
 from selflengthen.run_folder import FINAL_CONFIGS, ITERATION_CONFIGS, RunFolder
 from tests.run_fixture import make_run
 
@@ -205,6 +205,8 @@ def test_model_versions_carry_the_adapter_a_card_and_no_local_path(run_dir: Path
             f'load_dataset("org/fixture", "{dataset_config}", split="train", revision="iter-2")' in card.text
         )
         assert "Continues the adapter of iteration 1" in card.text
+        # iteration 2 is the run's last: no iteration 3 uses it (the iter-1 card names iteration 2)
+        assert "iteration 3" not in card.text and f"the run's last {role}" in card.text
         assert 'from_pretrained(f"org/fixture-' not in card.text
         assert (
             f'AutoPeftModelForCausalLM.from_pretrained("org/fixture-{role}", revision="iter-2")' in card.text
@@ -365,3 +367,27 @@ def test_a_damaged_shard_is_one_line_naming_it_and_nothing_is_published(tmp_path
     assert not out.exists()
     with pytest.raises(SelflengthenError, match=expected[damage]):
         RunFolder.open(run_dir).read("extended", 2)
+
+
+def test_the_dataset_card_describes_every_column_of_every_config(exported: Path) -> None:
+    card = DatasetCard.load(dataset_root(exported) / "README.md")
+    described = set(re.findall(r"^\| `(\w+)` \| `", card.text, re.MULTILINE))
+    for config in CONFIGS:
+        assert set(load(exported, config).column_names) <= described, config
+
+
+@pytest.mark.parametrize(
+    "written",
+    [
+        "runs/smollm2-cpu/models/iter_1/generator/merged",  # relative, as `make demo` writes it
+        "/somewhere/else/runs/x/models/iter_1/generator/merged",
+        "./models/iter_1/generator/merged",
+    ],
+)
+def test_portable_names_a_run_model_however_the_run_folder_was_named(written: str) -> None:
+    assert portable(f'{{"model": "{written}"}}', Path("/not/the/run")) == (
+        '{"model": "<run>/models/iter_1/generator/merged"}'
+    )
+    assert portable("smollm2-135m and <run>/models/iter_2/extender/adapter", Path("/r")) == (
+        "smollm2-135m and <run>/models/iter_2/extender/adapter"
+    )

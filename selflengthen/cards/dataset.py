@@ -8,6 +8,12 @@ from typing import Any
 import polars as pl
 from huggingface_hub import DatasetCard, DatasetCardData
 
+from selflengthen.builders.collect import LONG_SCHEMA
+from selflengthen.builders.extend import EXTENDED_SCHEMA
+from selflengthen.builders.generate import INITIAL_SCHEMA
+from selflengthen.builders.length_control import FINAL_SCHEMA
+from selflengthen.builders.self_instruct import INSTRUCTION_SCHEMA
+from selflengthen.builders.sft_data import SFT_SCHEMA
 from selflengthen.cards.common import TAGS, base_model_info, model_repo_id, render, size_category
 from selflengthen.config import RunConfig
 from selflengthen.run_folder import CONFIG_STEP, ITERATION_CONFIGS, RunFolder
@@ -22,6 +28,58 @@ _DROPPED_ROWS = {
     "duplicates_dropped": "exact duplicate",
     "outside_length_bounds": "outside the length window",
 }
+
+
+#: The columns of each config, as the steps write them.
+CONFIG_COLUMNS: dict[str, list[str]] = {
+    "instructions": list(INSTRUCTION_SCHEMA),
+    "initial": list(INITIAL_SCHEMA),
+    "extended": list(EXTENDED_SCHEMA),
+    "gen_sft": list(SFT_SCHEMA),
+    "ext_sft": list(SFT_SCHEMA),
+    "long": list(LONG_SCHEMA),
+    "final": list(FINAL_SCHEMA),
+}
+
+#: What each column holds, for the card's column table (a test checks every column is here).
+COLUMN_MEANINGS: dict[str, str] = {
+    "id": "the row's id, unique within its config",
+    "iteration": "the macro-iteration that made the row",
+    "instruction": "the instruction (in `final`, with its length constraint written in)",
+    "instruction_id": "the `id` of the `instructions` row this answer answers",
+    "language": "`en` or `zh`, detected from the instruction",
+    "words": "words of the row's text: the instruction's in `instructions`, the answer's elsewhere",
+    "attempts": "generations made for the row, rejected retries included",
+    "model": "the model that wrote it: the base model, or `<run>/models/iter_<k>/<role>/merged`, "
+    "a role tuned by this run",
+    "sampling": "the decoding parameters of its requests",
+    "response": "the answer",
+    "finish_reason": "vLLM's finish reason of the accepted generation (`stop`: it ended by itself)",
+    "initial_response": "the answer that was extended (a row of `initial`)",
+    "initial_words": "words of `initial_response`",
+    "extended_response": "the lengthened answer",
+    "extended_words": "words of `extended_response`",
+    "rounds": "extension rounds that made the text longer",
+    "messages": "the conversation in TRL's format: the user's prompt, the assistant's answer",
+    "origin": "`initial` or `extended`: the step that wrote the answer",
+    "original_instruction": "the instruction before the length constraint was added",
+    "constraint_type": "`about`, `range`, `above` (more than) or `below` (less than)",
+    "target_words": "the number written in the constraint (none for a range)",
+    "low_words": "start of the interval `selflengthen eval` scores as followed; the answer lies inside",
+    "high_words": "end of that interval",
+}
+
+
+def column_table(configs: list[str]) -> list[dict[str, str]]:
+    """One entry per column of `configs`: its meaning and the configs that have it."""
+    where: dict[str, list[str]] = {}
+    for config in configs:
+        for column in CONFIG_COLUMNS[config]:
+            where.setdefault(column, []).append(config)
+    return [
+        {"name": column, "configs": ", ".join(f"`{c}`" for c in found), "meaning": COLUMN_MEANINGS[column]}
+        for column, found in where.items()
+    ]
 
 
 def data_files(config: str) -> str:
@@ -184,6 +242,7 @@ def dataset_card(
         sampling=config.sampling.model_dump(),
         settings=_settings(config, "final" in final_configs),
         configs=tables,
+        columns=column_table(configs),
         drops=drops,
         lineage=_lineage(run, repo_id, iterations, base.description),
         train_config="final" if "final" in final_configs else "gen_sft",

@@ -47,7 +47,7 @@ def model_card(
         role_purpose=_PURPOSE[role],
         run_name=config.name,
         iteration=iteration,
-        next_iteration=iteration + 1,
+        next_iteration=iteration + 1 if iteration < config.iterations else None,
         tag=f"iter-{iteration}",
         repo_id=repo_id,
         base_model=base.description,
