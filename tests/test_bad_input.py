@@ -12,9 +12,11 @@ import shutil
 import socket
 import subprocess
 import sys
+import threading
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
+from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
 
@@ -68,7 +70,7 @@ def seeds_case(name: str, message: str, file: str, content: str | bytes | None) 
     return Case(name, RUN, message, config={"self_instruct": {"seeds": file}}, files=files)
 
 
-def cases(busy_port: int, closed_port: int) -> list[Case]:
+def cases(busy_port: int, closed_port: int, web_port: int) -> list[Case]:
     return [
         Case("bad YAML", RUN, "run.yaml: not valid YAML (line", config="name: fixture\niterations: [1\n"),
         Case("not a mapping", RUN, "run.yaml: a run config must be a YAML mapping", config="- name\n"),
@@ -218,6 +220,12 @@ def cases(busy_port: int, closed_port: int) -> list[Case]:
             files=GOOD_INSTRUCTIONS,
         ),
         Case(
+            "endpoint that is a web page, not an OpenAI API",
+            [*GENERATE, "--model", "m", "--endpoint", f"http://127.0.0.1:{web_port}/v1"],
+            "/v1/models answered HTTP 404 without an OpenAI model list; not an OpenAI-compatible API",
+            files=GOOD_INSTRUCTIONS,
+        ),
+        Case(
             "negative count (step command)",
             ["self-instruct", "--run-dir", "{run}", "--count", "-3"],
             "--count: must be >= 1",
@@ -283,13 +291,27 @@ def fixture_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
     return make_run(tmp_path_factory.mktemp("battery") / "fixture", iterations=1)
 
 
+class _NotFound(BaseHTTPRequestHandler):
+    def do_GET(self) -> None:
+        self.send_response(404)
+        self.end_headers()
+        self.wfile.write(b"<html>Not Found</html>")
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
 @pytest.fixture
-def ports() -> Iterator[tuple[int, int]]:
+def ports() -> Iterator[tuple[int, int, int]]:
+    """A busy port, a closed one, and a web server that answers 404 to everything."""
+    web = ThreadingHTTPServer(("127.0.0.1", 0), _NotFound)
+    threading.Thread(target=web.serve_forever, daemon=True).start()
     with socket.socket() as busy, socket.socket() as closed:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
         closed.bind(("127.0.0.1", 0))  # bound, never listening: connections are refused
-        yield busy.getsockname()[1], closed.getsockname()[1]
+        yield busy.getsockname()[1], closed.getsockname()[1], web.server_address[1]
+    web.shutdown()
 
 
 def prepare(case: Case, fixture_run: Path, folder: Path) -> tuple[list[str], Path]:
@@ -340,12 +362,12 @@ def check(case: Case, fixture_run: Path, folder: Path) -> str | None:
 
 
 def test_the_battery_has_what_the_issue_lists() -> None:
-    table = cases(1, 2)
+    table = cases(1, 2, 3)
     assert len(table) >= 20 and len({case.name for case in table}) == len(table)
 
 
 def test_bad_input_is_one_line_and_leaves_the_run_folder_unchanged(
-    fixture_run: Path, ports: tuple[int, int], tmp_path: Path
+    fixture_run: Path, ports: tuple[int, int, int], tmp_path: Path
 ) -> None:
     table = cases(*ports)
     with ThreadPoolExecutor(max_workers=4) as pool:

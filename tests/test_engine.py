@@ -180,20 +180,42 @@ def test_a_killed_process_and_its_group_are_seen_as_gone() -> None:
         kill_process_group(leader.pid)
 
 
-def test_an_endpoint_that_refuses_the_key_is_one_line() -> None:
-    class Refusing(BaseHTTPRequestHandler):
+@pytest.mark.parametrize(
+    ("status", "body", "message"),
+    [
+        (401, b"", r"refused the request \(HTTP 401\); check --api-key-env"),
+        (
+            404,
+            b"<html>Not Found</html>",
+            r"GET http://\S+/v1/models answered HTTP 404 without an OpenAI model list",
+        ),
+        (200, b"<html>a web page</html>", r"answered HTTP 200 without an OpenAI model list; not an OpenAI"),
+        (
+            200,
+            b'{"object": "list", "data": [{"id": "other"}]}',
+            r"--model m: not served by .* \(it serves: other\)",
+        ),
+        (503, b"", r"only HTTP 503 from GET \S+ within"),
+    ],
+)
+def test_an_endpoint_that_is_not_what_we_need_says_what_it_answered(
+    status: int, body: bytes, message: str, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    class Answering(BaseHTTPRequestHandler):
         def do_GET(self) -> None:
-            self.send_response(401)
+            self.send_response(status)
             self.end_headers()
+            self.wfile.write(body)
 
         def log_message(self, *_: object) -> None:
             pass
 
-    server = HTTPServer(("127.0.0.1", 0), Refusing)
+    monkeypatch.setattr("selflengthen.engine.server.ENDPOINT_READY_SECONDS", 1.0)
+    server = HTTPServer(("127.0.0.1", 0), Answering)
     threading.Thread(target=server.serve_forever, daemon=True).start()
     try:
         endpoint = f"http://127.0.0.1:{server.server_address[1]}/v1"
-        with pytest.raises(SelflengthenError, match=r"refused the request \(HTTP 401\); check --api-key-env"):
+        with pytest.raises(SelflengthenError, match=message):
             check_endpoint(EngineOptions(model="m", endpoint=endpoint))
     finally:
         server.shutdown()

@@ -77,27 +77,41 @@ def check_port_free(host: str, port: int, name: str = "--port") -> None:
 
 def check_endpoint(options: EngineOptions) -> None:
     """Wait (up to `ENDPOINT_READY_SECONDS`) for `--endpoint` to answer, before a step writes
-    anything; an endpoint that never answers, or refuses our key, is a one-line error."""
+    anything; an endpoint that never answers, refuses our key, is not an OpenAI-compatible API
+    or does not serve `--model` is a one-line error that says what it answered."""
     assert options.endpoint
     key = options.api_key()
     headers = {"Authorization": f"Bearer {key}"} if key else {}
     url = options.endpoint.rstrip("/") + "/models"
+    where = f"--endpoint {options.endpoint}"
     deadline = time.monotonic() + ENDPOINT_READY_SECONDS
     while True:
         try:
-            status = httpx.get(url, headers=headers, timeout=10).status_code
+            response = httpx.get(url, headers=headers, timeout=10)
         except httpx.HTTPError:
-            if time.monotonic() > deadline:
-                raise SelflengthenError(
-                    f"--endpoint {options.endpoint}: no answer within {ENDPOINT_READY_SECONDS:.0f} s"
-                ) from None
-            time.sleep(_READY_POLL_SECONDS)
-            continue
-        if status in (401, 403):
-            raise SelflengthenError(
-                f"--endpoint {options.endpoint}: refused the request (HTTP {status}); check --api-key-env"
-            )
-        return
+            response = None
+        if response is not None and response.status_code < 500:
+            break
+        if time.monotonic() > deadline:
+            answer = "no answer" if response is None else f"only HTTP {response.status_code} from GET {url}"
+            raise SelflengthenError(f"{where}: {answer} within {ENDPOINT_READY_SECONDS:.0f} s")
+        time.sleep(_READY_POLL_SECONDS)
+    if response.status_code in (401, 403):
+        raise SelflengthenError(
+            f"{where}: refused the request (HTTP {response.status_code}); check --api-key-env"
+        )
+    try:
+        served = [entry["id"] for entry in response.json()["data"]] if response.status_code == 200 else None
+    except (ValueError, KeyError, TypeError):
+        served = None
+    if served is None:
+        raise SelflengthenError(
+            f"{where}: GET {url} answered HTTP {response.status_code} without an OpenAI model list; "
+            "not an OpenAI-compatible API (its URL usually ends in /v1)"
+        )
+    if options.model not in served:
+        listed = ", ".join(served) or "nothing"
+        raise SelflengthenError(f"--model {options.model}: not served by {where} (it serves: {listed})")
 
 
 def vllm_command(options: EngineOptions, model_source: str, port: int, seed: int) -> list[str]:
