@@ -34,6 +34,7 @@ from selflengthen.builders.step import (
     Tally,
     chat,
     finish_step,
+    finished_stats,
     rejection,
     response_problem,
     run_inference,
@@ -277,8 +278,8 @@ def run_extend(
 ) -> dict[str, Any]:
     """Run the step (or return the stats of the finished one) and write `extended/`."""
     folder = step_folder(run_dir, iteration, "extended")
-    if folder.finished():
-        return json.loads(folder.stats.read_text())
+    if (stats := finished_stats(folder, settings.sampling)) is not None:
+        return stats
     started = time.monotonic()
     by_id = {row["id"]: row for row in initial.iter_rows(named=True)}
     documents = [

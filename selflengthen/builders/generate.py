@@ -27,6 +27,7 @@ from selflengthen.builders.step import (
     Tally,
     chat,
     finish_step,
+    finished_stats,
     response_problem,
     run_inference,
     step_folder,
@@ -110,8 +111,8 @@ def run_generate(
 ) -> dict[str, Any]:
     """Run the step (or return the stats of the finished one) and write `initial/`."""
     folder = step_folder(run_dir, iteration, "initial")
-    if folder.finished():
-        return json.loads(folder.stats.read_text())
+    if (stats := finished_stats(folder, settings.sampling)) is not None:
+        return stats
     started = time.monotonic()
     documents = [
         Document(text=row["instruction"], id=str(row["id"]), metadata={"iteration": iteration})

@@ -11,7 +11,6 @@ normalised) are kept; each slot is retried up to `max_retries` times. Output: `i
 from __future__ import annotations
 
 import dataclasses
-import json
 import random
 import re
 import time
@@ -30,6 +29,7 @@ from selflengthen.builders.step import (
     Tally,
     chat,
     finish_step,
+    finished_stats,
     progress_context,
     run_inference,
     step_folder,
@@ -196,8 +196,8 @@ def run_self_instruct(
 ) -> dict[str, Any]:
     """Run the step (or return the stats of the finished one) and write `instructions/`."""
     folder = step_folder(run_dir, iteration, "instructions")
-    if folder.finished():
-        return json.loads(folder.stats.read_text())
+    if (stats := finished_stats(folder, settings.sampling)) is not None:
+        return stats
     started = time.monotonic()
     seed_texts = [str(text) for text in seeds["instruction"].to_list()]
     languages = [detect_language(text) for text in seed_texts]

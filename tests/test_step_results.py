@@ -1,0 +1,97 @@
+"""How a step judges its own results: refused requests counted by kind with a full example, a
+step whose every request was refused never recorded as finished, and a finished step never
+reported as made by settings other than its own."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import polars as pl
+import pytest
+from datatrove.data import Document
+
+from selflengthen.builders.step import (
+    RESULTS_KEY,
+    Tally,
+    finish_step,
+    finished_stats,
+    refuse_when_every_request_failed,
+    request_error_kind,
+    step_folder,
+    step_stats,
+)
+from selflengthen.engine.models import ResolvedModel
+from selflengthen.engine.options import SamplingOptions
+from selflengthen.errors import SelflengthenError
+
+CONTEXT = (
+    'Got BadRequestError from server: {"error":{"message":"This model\'s maximum context length is 4096 '
+    'tokens. However, you requested 16414 tokens (30 in the messages, 16384 in the completion)."}}'
+)
+
+
+@pytest.mark.parametrize(
+    ("message", "kind"),
+    [
+        (CONTEXT, "context_length"),
+        (
+            'Got BadRequestError from server: {"error":{"message":"top_k must be -1 or at least 1"}}',
+            "bad_request",
+        ),
+        ("Error http status 404: Not Found", "http_404"),
+        ("something else", "other"),
+    ],
+)
+def test_request_errors_get_short_stable_kinds(message: str, kind: str) -> None:
+    assert request_error_kind(message) == kind
+
+
+def documents(refused: int, answered: int) -> list[Document]:
+    tally = Tally(requests=refused + answered)
+    for _ in range(refused):
+        tally.refused(CONTEXT)
+    return [Document(text="x", id="d0", metadata={RESULTS_KEY: [{"tally": tally.as_dict()}]})]
+
+
+def test_stats_count_refused_requests_by_kind_with_one_full_example(tmp_path: Path) -> None:
+    done = documents(refused=3, answered=5)
+    model = ResolvedModel("m", "m", "endpoint")
+    frame = pl.DataFrame({"words": [10]})
+    stats = step_stats("generate", 1, 1, frame, "words", done, model, SamplingOptions(), 0.0)
+    assert stats["rejected_attempts"] == {"request_error: context_length": 3}
+    assert stats["request_errors"] == {"context_length": {"count": 3, "example": CONTEXT}}
+
+
+def test_a_step_whose_every_request_was_refused_is_not_finished(tmp_path: Path) -> None:
+    folder = step_folder(tmp_path, 1, "initial")
+    for part in ("checkpoints", "rollouts", "logs/completions"):
+        (folder.work / part).mkdir(parents=True)
+    refuse_when_every_request_failed(folder, documents(refused=2, answered=1))  # bad samples: fine
+    with pytest.raises(SelflengthenError, match=r"refused all 3 requests \(context_length: Got BadRequest"):
+        refuse_when_every_request_failed(folder, documents(refused=3, answered=0))
+    assert not folder.finished()
+    assert not [
+        part for part in ("checkpoints", "rollouts", "logs/completions") if (folder.work / part).exists()
+    ]
+    assert json.loads((folder.work / "logs" / "request_errors.json").read_text()) == {
+        "context_length": CONTEXT
+    }
+
+
+def test_a_finished_step_with_other_settings_is_refused_not_reported(tmp_path: Path) -> None:
+    folder = step_folder(tmp_path, 1, "initial")
+    finish_step(
+        folder,
+        pl.DataFrame({"a": [1]}),
+        {"rows_out": 1, "sampling": SamplingOptions(max_tokens=900).lineage()},
+    )
+    assert finished_stats(folder, SamplingOptions(max_tokens=900))["rows_out"] == 1
+    assert (
+        finished_stats(folder, SamplingOptions(max_tokens=900, early_stop=False)) is not None
+    )  # not lineage
+    with pytest.raises(
+        SelflengthenError, match=r"finished earlier with other settings \(max_tokens 900 -> 1000\)"
+    ):
+        finished_stats(folder, SamplingOptions(max_tokens=1000))
+    assert finished_stats(step_folder(tmp_path, 2, "initial"), SamplingOptions()) is None
