@@ -68,6 +68,10 @@ def test_a_step_whose_every_request_was_refused_is_not_finished(tmp_path: Path) 
     for part in ("checkpoints", "rollouts", "logs/completions"):
         (folder.work / part).mkdir(parents=True)
     refuse_when_every_request_failed(folder, documents(refused=2, answered=1))  # bad samples: fine
+    assert json.loads((folder.work / "logs" / "request_errors.json").read_text()) == {
+        "context_length": CONTEXT
+    }
+    assert (folder.work / "checkpoints").exists()
     with pytest.raises(SelflengthenError, match=r"refused all 3 requests \(context_length: Got BadRequest"):
         refuse_when_every_request_failed(folder, documents(refused=3, answered=0))
     assert not folder.finished()

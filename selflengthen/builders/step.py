@@ -503,11 +503,12 @@ def refuse_when_every_request_failed(folder: StepFolder, done: list[Document]) -
     the full messages are kept in `_work/logs/request_errors.json`."""
     totals, rejections, _ = sum_tallies(done)
     refused = sum(count for reason, count in rejections.items() if reason.startswith(f"{REQUEST_ERROR}: "))
-    if totals["requests"] == 0 or refused < totals["requests"]:
-        return
     examples = request_error_examples(done)
     log = folder.work / "logs" / "request_errors.json"
-    write_json_atomic(examples, log)
+    if examples:  # the step's log keeps one full message per kind, as its stats do
+        write_json_atomic(examples, log)
+    if totals["requests"] == 0 or refused < totals["requests"]:
+        return
     for part in ("checkpoints", "rollouts", "logs/completions"):  # what marks documents and tasks done
         shutil.rmtree(folder.work / part, ignore_errors=True)
     kind, message = next(iter(examples.items()))
