@@ -138,13 +138,28 @@ def token_spans(text: str) -> TokenSpans:
     return TokenSpans(points, starts, ends, cjk_mask[starts])
 
 
-def content_mask(spans: TokenSpans) -> np.ndarray:
-    """Whether each word of `spans` is a content word (`is_content`), vectorised."""
-    points = spans.codepoints
-    astral = np.flatnonzero(points >= _TABLE_SIZE) if points.itemsize > 2 else np.empty(0, dtype=np.int64)
-    alnum = _ALNUM_TABLE.take(np.minimum(points, _TABLE_SIZE - 1) if len(astral) else points)
+def _alnum(points: np.ndarray) -> np.ndarray:
+    """`str.isalnum()` of each code point (a table below U+10000, one by one above)."""
+    if points.itemsize <= 2:
+        return _ALNUM_TABLE.take(points)
+    astral = np.flatnonzero(points >= _TABLE_SIZE)
+    found = _ALNUM_TABLE.take(np.minimum(points, _TABLE_SIZE - 1))
     for position in astral.tolist():
-        alnum[position] = chr(int(points[position])).isalnum()
-    before = np.zeros(len(points) + 1, dtype=np.int64)
-    np.cumsum(alnum, out=before[1:])
-    return before.take(spans.ends) > before.take(spans.starts)
+        found[position] = chr(int(points[position])).isalnum()
+    return found
+
+
+def content_mask(spans: TokenSpans) -> np.ndarray:
+    """Whether each word of `spans` is a content word (`is_content`), vectorised. Most words
+    start with a letter or digit, so only the others are looked at character by character."""
+    points, starts, ends = spans.codepoints, spans.starts, spans.ends
+    mask = _alnum(points.take(starts))
+    suspects = np.flatnonzero(~mask)
+    if len(suspects) == 0:
+        return mask
+    lengths = ends[suspects] - starts[suspects]
+    offsets = np.repeat(starts[suspects] - np.cumsum(lengths) + lengths, lengths) + np.arange(lengths.sum())
+    found = _alnum(points.take(offsets)).astype(np.int64)
+    first = np.concatenate(([0], np.cumsum(lengths)[:-1]))
+    mask[suspects] = np.add.reduceat(found, first) > 0
+    return mask
