@@ -28,8 +28,9 @@ def _lengths(frame: pl.DataFrame, length_column: str) -> pl.Series:
         )
     if column.null_count() or (column.dtype.is_float() and column.is_nan().any()):
         raise ValueError(f"length_column {length_column!r} has missing lengths")
-    if column.len() and (column.min() < 0 or (column.dtype.is_float() and column.is_infinite().any())):  # type: ignore[operator]
-        bad = column.filter((column < 0) | (column.is_infinite() if column.dtype.is_float() else False))[0]
+    invalid = (column < 0) | column.is_infinite() if column.dtype.is_float() else column < 0
+    if invalid.any():
+        bad = column.filter(invalid)[0]
         raise ValueError(f"length_column {length_column!r} has a length that is not a word count ({bad})")
     return column
 
