@@ -48,7 +48,7 @@ def test_filter_then_sample_the_example_corpus(tmp_path: Path) -> None:
     reasons = {row["id"]: row["drop_reason"] for row in map(json.loads, dropped.read_text().splitlines())}
     assert reasons["en-cut"] == reasons["zh-cut"] == "🔚 Ending: bad_ending"
     assert reasons["zh-loop"].startswith("🔁 Repetition: repeated_ngram: 山间的溪水")
-    assert reasons["en-meta"] == "🗨 Meta-comment: meta_comment: revised"
+    assert reasons["en-meta"] == "🗨 Meta-comment: meta_comment: here is the revised version"
     assert reasons["en-short"] == "📏 Length: too_short"
 
     result = run("sample", kept, sampled, "--length-column", "text", "--seed", "0")
