@@ -8,6 +8,7 @@ from hypothesis import strategies as st
 
 from selflengthen.filters import (
     DEFAULT_META_WORDS,
+    DROP_DETAIL,
     MISSING_TEXT,
     EndingFilter,
     GrowthFilter,
@@ -46,9 +47,9 @@ def naive_repeat(text: str, ngram: int) -> list[str] | None:
 
 def test_repetition_english_ten_words_repeated_is_dropped() -> None:
     phrase = "the quick brown fox jumps over the lazy sleeping dog"  # 10 words
-    keep, reason = RepetitionFilter().filter(doc(f"{phrase} and then {phrase} again."))
-    assert keep is False
-    assert reason == "repeated_ngram: the quick brown fox jumps over the lazy sleeping dog"
+    document = doc(f"{phrase} and then {phrase} again.")
+    assert RepetitionFilter().filter(document) == (False, "repeated_ngram")
+    assert document.metadata[DROP_DETAIL] == "the quick brown fox jumps over the lazy sleeping dog"
 
 
 def test_repetition_english_nine_words_repeated_is_kept() -> None:
@@ -65,9 +66,9 @@ def test_repetition_counts_english_word_by_word() -> None:
 
 def test_repetition_chinese_thirteen_characters_repeated_is_dropped() -> None:
     thirteen = CHINESE[:13]
-    keep, reason = RepetitionFilter().filter(doc(f"{thirteen}，然后{thirteen}。"))
-    assert keep is False
-    assert reason == f"repeated_ngram: {thirteen}"
+    document = doc(f"{thirteen}，然后{thirteen}。")
+    assert RepetitionFilter().filter(document) == (False, "repeated_ngram")
+    assert document.metadata[DROP_DETAIL] == thirteen
 
 
 def test_repetition_chinese_twelve_characters_repeated_is_kept() -> None:
@@ -158,9 +159,10 @@ def test_repetition_filter_batch_handles_missing_texts() -> None:
     assert results == [
         (False, MISSING_TEXT),
         (False, MISSING_TEXT),
-        (False, "repeated_ngram: a b"),
+        (False, "repeated_ngram"),
         (False, MISSING_TEXT),
     ]
+    assert docs[2].metadata[DROP_DETAIL] == "a b"
 
 
 # --- EndingFilter -----------------------------------------------------------------------------
@@ -253,7 +255,9 @@ def test_length_rejects_bad_parameters(kwargs: dict, param: str) -> None:
     ],
 )
 def test_meta_comment_rejects_self_talk_at_the_edges(text: str, match: str) -> None:
-    assert MetaCommentFilter().filter(doc(text)) == (False, f"meta_comment: {match}")
+    document = doc(text)
+    assert MetaCommentFilter().filter(document) == (False, "meta_comment")
+    assert document.metadata[DROP_DETAIL] == match
 
 
 @pytest.mark.parametrize(
@@ -294,14 +298,13 @@ def test_meta_comment_keeps_the_middle_and_partial_words() -> None:
 
 
 def test_meta_comment_custom_words_patterns_and_bad_parameters() -> None:
-    assert MetaCommentFilter(words=["draft"]).filter(doc("My Draft:\ntext.")) == (
-        False,
-        "meta_comment: draft",
-    )
-    assert MetaCommentFilter(patterns=[r"\bin short\b"]).filter(doc("Text.\nIn short, yes.")) == (
-        False,
-        "meta_comment: in short",
-    )
+    for check, text, match in (
+        (MetaCommentFilter(words=["draft"]), "My Draft:\ntext.", "draft"),
+        (MetaCommentFilter(patterns=[r"\bin short\b"]), "Text.\nIn short, yes.", "in short"),
+    ):
+        document = doc(text)
+        assert check.filter(document) == (False, "meta_comment")
+        assert document.metadata[DROP_DETAIL] == match
     with pytest.raises(ValueError, match="words"):
         MetaCommentFilter(words=[])
     with pytest.raises(ValueError, match="patterns"):

@@ -33,7 +33,7 @@ from selflengthen.engine.options import EngineOptions, SamplingOptions, SlurmOpt
 from selflengthen.engine.server import ENDPOINT_READY_SECONDS, SelflengthenInferenceRunner, inference_config
 from selflengthen.engine.streaming import EARLY_STOP, REQUEST_WATCH
 from selflengthen.errors import SelflengthenError, ServerFailed
-from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, reason_kind
+from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter
 from selflengthen.filters.prefix import HeadMetaWatch, PrefixWatch, RepeatWatch
 from selflengthen.tables import file_sha256, first_line, temporary_beside, write_table
 
@@ -255,7 +255,7 @@ def response_problem(result: InferenceResult) -> str | None:
     for check in _RESPONSE_FILTERS:
         verdict = check.filter(document)
         if verdict is not True:
-            return rejection(check, reason_kind(verdict[1]))
+            return rejection(check, verdict[1])
     return None
 
 

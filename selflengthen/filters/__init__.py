@@ -4,8 +4,8 @@ Each filter is a datatrove `BaseFilter`: put it in any datatrove pipeline, or ap
 them to a polars frame or a `datasets.Dataset` with `apply_filters`.
 """
 
-from selflengthen.filters.apply import FilterReport, apply_filters, reason_kind
-from selflengthen.filters.base import MISSING_TEXT, TextFilter
+from selflengthen.filters.apply import FilterReport, apply_filters
+from selflengthen.filters.base import DROP_DETAIL, MISSING_TEXT, TextFilter
 from selflengthen.filters.ending import DEFAULT_TERMINALS, EndingFilter
 from selflengthen.filters.growth import GrowthFilter
 from selflengthen.filters.length import LengthFilter
@@ -16,6 +16,7 @@ __all__ = [
     "DEFAULT_META_PATTERNS",
     "DEFAULT_META_WORDS",
     "DEFAULT_TERMINALS",
+    "DROP_DETAIL",
     "MISSING_TEXT",
     "EndingFilter",
     "FilterReport",
@@ -26,5 +27,4 @@ __all__ = [
     "TextFilter",
     "apply_filters",
     "find_repeated_ngram",
-    "reason_kind",
 ]

@@ -13,6 +13,8 @@ from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from tqdm.auto import tqdm
 
+from selflengthen.filters.base import DROP_DETAIL
+
 Table = TypeVar("Table", pl.DataFrame, datasets.Dataset)
 
 _BATCH_ROWS = 1024
@@ -24,19 +26,15 @@ class FilterReport(Generic[Table]):
 
     Attributes:
         kept: the rows every filter kept, same type, columns and order as the input.
-        drop_reasons: one row per (filter, reason) with its `count`, most frequent first. A reason
-            of the form `kind: detail` (e.g. `repeated_ngram: …`) is counted under its `kind`.
-        dropped_reasons: for each input row, `None` if kept, else `"<filter>: <full reason>"`.
+        drop_reasons: one row per (filter, reason) with its `count`, most frequent first.
+        dropped_reasons: for each input row, `None` if kept, else `"<filter>: <reason>"`, followed
+            by `": <detail>"` when the filter recorded what it found (`DROP_DETAIL`), e.g.
+            `"🔁 Repetition: repeated_ngram: <the n-gram>"`.
     """
 
     kept: Table
     drop_reasons: pl.DataFrame
     dropped_reasons: list[str | None]
-
-
-def reason_kind(reason: str | None) -> str:
-    """The part of a drop reason before its first ': ' (the whole reason if none)."""
-    return (reason or "dropped").split(": ", 1)[0]
 
 
 def _rows(data: pl.DataFrame | datasets.Dataset) -> Iterator[dict[str, Any]]:
@@ -99,8 +97,10 @@ def apply_filters(
                     if keep:
                         survivors.append(index)
                     else:
-                        reasons[index] = f"{name}: {reason or 'dropped'}"
-                        counts[(name, reason_kind(reason))] += 1
+                        reason = reason or "dropped"
+                        detail = documents[index].metadata.get(DROP_DETAIL)
+                        reasons[index] = f"{name}: {reason}" + (f": {detail}" if detail else "")
+                        counts[(name, reason)] += 1
                 bar.update(len(batch))
         alive = survivors
     table = pl.DataFrame(

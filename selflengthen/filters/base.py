@@ -9,6 +9,16 @@ from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 MISSING_TEXT = "missing_text"
+#: The metadata field where a filter that dropped a document says what it found (the repeated
+#: n-gram, the meta-comment), beside datatrove's own `filter_reason`. Reasons stay short, stable
+#: keys, so that a datatrove pipeline counts one `dropped_<reason>` stat per kind of drop.
+DROP_DETAIL = "filter_detail"
+
+
+def drop(doc: Document, reason: str, detail: str) -> tuple[bool, str]:
+    """Drop `doc` for `reason`, recording `detail` in its metadata under `DROP_DETAIL`."""
+    doc.metadata[DROP_DETAIL] = detail
+    return False, reason
 
 
 class TextFilter(BaseFilter):

@@ -8,7 +8,7 @@ from collections.abc import Iterable
 from datatrove.data import Document
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from selflengthen.filters.base import TextFilter
+from selflengthen.filters.base import TextFilter, drop
 from selflengthen.text import is_cjk
 
 #: The paper's word list: any of these words near the start or end of an answer marked the model
@@ -78,7 +78,8 @@ def _word_pattern(word: str) -> str:
 
 class MetaCommentFilter(TextFilter):
     """Drops a text whose first `head_lines` or last `tail_lines` non-empty lines comment on the
-    text itself (case-insensitive; reason `meta_comment: <the match>`).
+    text itself (case-insensitive; reason `meta_comment`, the match in the document's metadata
+    under `filter_detail`).
 
     Args:
         words: `None` (default) for the built-in phrases (`DEFAULT_META_PATTERNS`: a model
@@ -135,7 +136,7 @@ class MetaCommentFilter(TextFilter):
             checked += lines[max(self.head_lines, len(lines) - self.tail_lines) :]
         for line in checked:
             if (match := self.meta_word(line)) is not None:
-                return False, f"meta_comment: {match}"
+                return drop(doc, "meta_comment", match)
         return True
 
     def meta_word(self, line: str) -> str | None:

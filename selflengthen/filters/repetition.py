@@ -8,7 +8,7 @@ import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
-from selflengthen.filters.base import MISSING_TEXT, TextFilter
+from selflengthen.filters.base import MISSING_TEXT, TextFilter, drop
 from selflengthen.text import TokenSpans, content_mask, token_spans
 
 #: The paper's settings: 13-grams of characters for Chinese, 10-grams of words otherwise.
@@ -174,7 +174,8 @@ def find_repeated_ngram(text: str, ngram: int | None = None) -> str | None:
 
 class RepetitionFilter(TextFilter):
     """Drops a text in which some run of `ngram` consecutive words occurs more than once
-    (reason `repeated_ngram: <the n-gram>`, naming the first repeat in reading order).
+    (reason `repeated_ngram`; the first repeat in reading order is in the document's metadata under
+    `filter_detail`).
 
     Words are those of `selflengthen.text.content_tokens`: each CJK character, each run of other
     non-whitespace characters, so English is checked word by word (the reference implementation
@@ -210,19 +211,22 @@ class RepetitionFilter(TextFilter):
         self.ngram = ngram
 
     def filter_text(self, text: str, doc: Document) -> bool | tuple[bool, str]:
-        return self._verdict(find_repeated_ngram(text, self.ngram))
+        return self._verdict(doc, find_repeated_ngram(text, self.ngram))
 
     def filter_batch(self, batch: list[Document]) -> list[bool | tuple[bool, str]]:
         texts = [self.text_of(doc) for doc in batch]
         present = [text for text in texts if text is not None]
         repeats = iter(find_repeated_ngrams(present, self.ngram))
-        return [(False, MISSING_TEXT) if text is None else self._verdict(next(repeats)) for text in texts]
+        return [
+            (False, MISSING_TEXT) if text is None else self._verdict(doc, next(repeats))
+            for doc, text in zip(batch, texts, strict=True)
+        ]
 
     @staticmethod
-    def _verdict(repeat: str | None) -> bool | tuple[bool, str]:
+    def _verdict(doc: Document, repeat: str | None) -> bool | tuple[bool, str]:
         if repeat is None:
             return True
         preview = " ".join(repeat.split())
         if len(preview) > _REASON_PREVIEW_CHARS:
             preview = preview[: _REASON_PREVIEW_CHARS - 1] + "…"
-        return False, f"repeated_ngram: {preview}"
+        return drop(doc, "repeated_ngram", preview)
