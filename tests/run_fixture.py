@@ -148,7 +148,7 @@ def _write_trained_role(config: RunConfig, run_dir: Path, iteration: int, role: 
         "seconds": 1.0,
     }
     (adapter / "train_result.json").write_text(json.dumps(result))
-    (folder / "recipe.yaml").write_text(yaml.safe_dump(effective_recipe(RECIPE), sort_keys=False))
+    (folder / "recipe.yaml").write_text(yaml.safe_dump(effective_recipe(RECIPE)[0], sort_keys=False))
     merged.mkdir(parents=True)
     (merged / "config.json").write_text(json.dumps({"model_type": "llama"}))
     save_file({"weight": torch.ones(2, 2)}, merged / "model.safetensors")

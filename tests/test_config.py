@@ -143,7 +143,7 @@ def test_defaults_are_the_papers() -> None:
 
 def test_recipe_check_names_an_unknown_trl_key(tmp_path: Path) -> None:
     recipe = tmp_path / "sft.yaml"
-    recipe.write_text("learning_rate: 1.0e-4\nwarmup_ratio: 0.1\n")
+    recipe.write_text("use_peft: true\nlearning_rate: 1.0e-4\nwarmup_ratio: 0.1\n")
     with pytest.raises(
         SelflengthenError, match=r"sft.yaml: warmup_ratio: not an argument of TRL's SFT script"
     ):

@@ -26,20 +26,6 @@ from selflengthen.engine.server import die_with_parent, on_gpu
 from selflengthen.errors import SelflengthenError
 
 ROLES = ("generator", "extender")
-#: The paper's training settings: what a recipe does not set. (LoRA on all linear layers,
-#: lr 1e-4, 4 epochs, cosine schedule, warmup 0.1, batch 1, 16,384 tokens; bf16 on GPUs.)
-PAPER_TRAINING: dict[str, Any] = {
-    "use_peft": True,
-    "lora_target_modules": "all-linear",
-    "learning_rate": 1.0e-4,
-    "num_train_epochs": 4,
-    "lr_scheduler_type": "cosine",
-    "warmup_steps": 0.1,
-    "per_device_train_batch_size": 1,
-    "max_length": 16384,
-    "save_strategy": "no",
-    "report_to": "none",
-}
 #: The SFT dataset each role learns from.
 ROLE_DATASETS = {"generator": "gen_sft", "extender": "ext_sft"}
 
@@ -118,7 +104,11 @@ def train_role(
     shutil.rmtree(staging.folder, ignore_errors=True)
     staging.folder.mkdir(parents=True)
     effective = staging.folder / "recipe.yaml"
-    effective.write_text(yaml.safe_dump(effective_recipe(recipe), sort_keys=False))
+    settings, added = effective_recipe(recipe)
+    if added:
+        chosen = ", ".join(f"{key}: {str(value).lower()}" for key, value in added.items())
+        print(f"train {role}: {recipe.name} does not set {', '.join(added)}; using {chosen}", file=sys.stderr)
+    effective.write_text(yaml.safe_dump(settings, sort_keys=False))
     arguments = [
         "--config", str(effective),
         "--model_name_or_path", base_model,
@@ -154,12 +144,15 @@ def train_role(
     return result
 
 
-def effective_recipe(recipe: Path) -> dict[str, Any]:
-    """The recipe's keys over the paper's defaults; bf16 on GPUs and `use_cpu` without one,
-    unless the recipe says otherwise."""
+def effective_recipe(recipe: Path) -> tuple[dict[str, Any], dict[str, Any]]:
+    """The settings the trainer gets (saved as the role's `recipe.yaml`), and which of them were
+    added: the recipe as written, plus the device keys it leaves out (`bf16` on a GPU, `use_cpu`
+    and no `bf16` without one; TRL would otherwise train in bf16 on the CPU). Nothing else is
+    filled in: the recipe a user reads is the one that runs."""
+    settings = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     gpu = on_gpu()
-    device = {"bf16": gpu, "use_cpu": not gpu}
-    return PAPER_TRAINING | device | yaml.safe_load(recipe.read_text(encoding="utf-8"))
+    added = {key: value for key, value in {"bf16": gpu, "use_cpu": not gpu}.items() if key not in settings}
+    return settings | added, added
 
 
 def merge_adapter(base_model: str, adapter: Path, output: Path, trust_remote_code: bool = False) -> None:

@@ -50,6 +50,11 @@ def check_recipe(path: Path) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
         raise SelflengthenError(f"{path}: {unknown[0]}: not an argument of TRL's SFT script")
+    if data.get("use_peft") is not True:
+        raise SelflengthenError(
+            f"{path}: use_peft: must be true (each role is trained as a LoRA adapter, which is merged "
+            "for serving and continued in the next iteration)"
+        )
 
 
 def main(argv: list[str] | None = None) -> None:
