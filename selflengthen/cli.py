@@ -19,10 +19,19 @@ from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
 from selflengthen.builders.step import step_folder
 from selflengthen.cli_engine import with_engine_options
+from selflengthen.cli_steps import (
+    ITERATION_OPTION,
+    RUN_DIR_OPTION,
+    build_sft_command,
+    collect_command,
+    length_control_command,
+    previous_step,
+    train_command,
+)
 from selflengthen.config import load_config
 from selflengthen.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
-from selflengthen.errors import SelflengthenError, describe_os_error, require_folder
+from selflengthen.errors import SelflengthenError, describe_os_error
 from selflengthen.filters import (
     EndingFilter,
     GrowthFilter,
@@ -43,16 +52,6 @@ app = typer.Typer(
 )
 
 _state = {"debug": False, "verbose": False}
-
-
-def _run_dir(value: Path) -> Path:
-    return require_folder(value, "--run-dir")
-
-
-RUN_DIR_OPTION = typer.Option(
-    "--run-dir", help="The run folder: steps write runs/<name>/iter_<k>/<step>/.", callback=_run_dir
-)
-ITERATION_OPTION = typer.Option(min=1, help="The macro-iteration k.")
 
 
 class SeedLanguage(StrEnum):
@@ -194,13 +193,6 @@ def sample_command(
     typer.echo(f"kept {kept.height} of {frame.height} rows ({share:.1f}%) -> {output_path}")
 
 
-def _previous_step(run_dir: Path, iteration: int, step: str, hint: str) -> pl.DataFrame:
-    folder = step_folder(run_dir, iteration, step)
-    if not folder.finished():
-        raise SelflengthenError(f"{folder.root}: step not finished ({hint})")
-    return folder.read()
-
-
 def _report(stats: dict, folder: Path) -> None:
     words = stats["words"]
     shape = (
@@ -269,7 +261,7 @@ def generate_command(
     frame = (
         read_instructions(instructions, "instruction")
         if instructions
-        else _previous_step(
+        else previous_step(
             run_dir, iteration, "instructions", "run self-instruct first, or pass --instructions"
         )
     )
@@ -294,9 +286,15 @@ def extend_command(
 ) -> None:
     """Lengthen each initial response with the Extender, filter and sample (step 3)."""
     settings = ExtendSettings(rounds, max_retries, min_ratio, sampling)
-    initial = _previous_step(run_dir, iteration, "initial", "run generate first")
+    initial = previous_step(run_dir, iteration, "initial", "run generate first")
     stats = run_extend(run_dir, iteration, initial, engine, model, settings)
     _report(stats, step_folder(run_dir, iteration, "extended").root)
+
+
+app.command("build-sft")(build_sft_command)
+app.command("train")(train_command)
+app.command("collect")(collect_command)
+app.command("length-control")(length_control_command)
 
 
 @app.command("run")

@@ -8,7 +8,7 @@ missing required value is a one-line error naming the key and the file. Paths in
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Annotated, Any, Literal
+from typing import Annotated, Any, Literal, TypeVar
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
@@ -223,6 +223,27 @@ def _describe(error: dict[str, Any]) -> str:
     elif error["type"] == "extra_forbidden":
         message = "unknown key"
     return f"{where}: {message}"
+
+
+Section = TypeVar("Section", bound=_Section)
+
+
+def section_from_flags(
+    kind: type[Section], values: dict[str, Any], flags: dict[str, str] | None = None
+) -> Section:
+    """A config section built from a step command's flags (`min_words` comes from
+    `--min-words`), so that a step run alone is checked by the same rules as in a run config; a
+    problem is one line naming the flag (`flags` names those not spelled like their field)."""
+    try:
+        return kind.model_validate(values)
+    except ValidationError as error:
+        problem = error.errors()[0]
+        message = problem["msg"].removeprefix("Value error, ")
+        names = {field: (flags or {}).get(field, "--" + field.replace("_", "-")) for field in values}
+        for field in sorted(values, key=len, reverse=True):  # coarse_round_to before round_to
+            message = message.replace(field, names[field])
+        where = f"{names.get(str(problem['loc'][0]), problem['loc'][0])}: " if problem["loc"] else ""
+        raise SelflengthenError(f"{where}{message}") from None
 
 
 def parse_config(data: Any, source: str) -> RunConfig:

@@ -524,14 +524,19 @@ def finished_stats(folder: StepFolder, sampling: SamplingOptions) -> dict[str, A
     if not folder.finished():
         return None
     stats = json.loads(folder.stats.read_text(encoding="utf-8"))
-    before, now = stats.get("sampling") or {}, sampling.lineage()
+    refuse_other_settings(folder.root, stats.get("sampling") or {}, sampling.lineage())
+    return stats
+
+
+def refuse_other_settings(folder: Path, before: dict[str, Any], now: dict[str, Any]) -> None:
+    """Refuse to report the finished step in `folder`, made with the settings `before`, as if
+    the settings `now` had made it (a one-line error naming what changed)."""
     changed = [f"{key} {before.get(key)} -> {now[key]}" for key in now if before.get(key) != now[key]]
     if changed:
         raise SelflengthenError(
-            f"{folder.root}: finished earlier with other settings ({', '.join(changed)}); "
+            f"{folder}: finished earlier with other settings ({', '.join(changed)}); "
             "remove that folder to make the step again with the new ones"
         )
-    return stats
 
 
 def step_stats(

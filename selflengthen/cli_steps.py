@@ -1,0 +1,254 @@
+"""The step commands that need no server: `build-sft`, `train`, `collect`, `length-control`.
+
+Each runs one step of the loop on a run folder, with the code `selflengthen run` uses and the
+same `--run-dir`/`--iteration` shape as the generation steps, so that any step can be run,
+inspected and redone alone. A finished step is reported, not redone; to redo one, move its
+folder away (or use `selflengthen run --from-step`). Settings are checked by the run config's
+own rules, and their defaults are the run config's.
+"""
+
+from __future__ import annotations
+
+import json
+from enum import StrEnum
+from pathlib import Path
+from typing import Annotated, Any
+
+import polars as pl
+import typer
+import yaml
+
+from selflengthen.builders.collect import long_folder, run_collect
+from selflengthen.builders.length_control import final_folder, run_length_control
+from selflengthen.builders.sft_data import run_build_sft
+from selflengthen.builders.step import StepFolder, refuse_other_settings, step_folder
+from selflengthen.config import (
+    CollectSection,
+    LengthControlSection,
+    SftDataSection,
+    TrainSection,
+    section_from_flags,
+)
+from selflengthen.engine.models import DEFAULT_MODEL, resolve_model
+from selflengthen.errors import SelflengthenError, require_folder
+from selflengthen.train.roles import ROLES, Launch, effective_recipe, train_role, trained_role
+
+
+def _run_dir(value: Path) -> Path:
+    return require_folder(value, "--run-dir")
+
+
+RUN_DIR_OPTION = typer.Option(
+    "--run-dir", help="The run folder: steps write runs/<name>/iter_<k>/<step>/.", callback=_run_dir
+)
+ITERATION_OPTION = typer.Option(min=1, help="The macro-iteration k.")
+SEED_OPTION = typer.Option(help="Seed of the step's random choices (a run uses its config's `seed`).")
+
+
+def previous_step(run_dir: Path, iteration: int, step: str, hint: str) -> pl.DataFrame:
+    """The rows of a finished earlier step, or a one-line error saying what to run first."""
+    folder = step_folder(run_dir, iteration, step)
+    if not folder.finished():
+        raise SelflengthenError(f"{folder.root}: step not finished ({hint})")
+    return folder.read()
+
+
+def _recorded(folder: StepFolder) -> dict[str, Any] | None:
+    return json.loads(folder.stats.read_text(encoding="utf-8")) if folder.finished() else None
+
+
+def _words(stats: dict[str, Any]) -> str:
+    words = stats["words"]
+    return f"words mean {words['mean']}, median {words['median']}" if words["mean"] is not None else "no rows"
+
+
+def build_sft_command(
+    run_dir: Annotated[Path, RUN_DIR_OPTION],
+    iteration: Annotated[int, ITERATION_OPTION] = 1,
+    line_drop_probability: Annotated[
+        float,
+        typer.Option(help="Share of lines dropped from the Extender's copy of each answer (the paper: 0.2)."),
+    ] = SftDataSection().line_drop_probability,
+    seed: Annotated[int, SEED_OPTION] = 0,
+) -> None:
+    """Turn the extended answers into SFT data for both roles: iter_<k>/gen_sft, ext_sft (step 4).
+
+    The Generator learns instruction -> extended answer; the Extender learns to lengthen a copy
+    of the answer with some lines dropped."""
+    settings = section_from_flags(SftDataSection, {"line_drop_probability": line_drop_probability})
+    extended = previous_step(run_dir, iteration, "extended", "run extend first")
+    if (made := _recorded(step_folder(run_dir, iteration, "ext_sft"))) is not None:
+        wanted = {"line_drop_probability": settings.line_drop_probability, "seed": seed}
+        refuse_other_settings(step_folder(run_dir, iteration, "ext_sft").root, made, wanted)
+    results = run_build_sft(run_dir, iteration, extended, settings.line_drop_probability, seed)
+    for step, stats in results.items():
+        typer.echo(
+            f"{step}: {stats['rows_out']} rows; {_words(stats)} -> "
+            f"{step_folder(run_dir, iteration, step).root}"
+        )
+
+
+class Role(StrEnum):
+    both = "both"
+    generator = "generator"
+    extender = "extender"
+
+
+def train_command(
+    run_dir: Annotated[Path, RUN_DIR_OPTION],
+    recipe: Annotated[
+        Path, typer.Option(help="The TRL SFT recipe (e.g. recipes/smollm2-cpu/sft.yaml).", show_default=False)
+    ],
+    iteration: Annotated[int, ITERATION_OPTION] = 1,
+    model: Annotated[
+        str,
+        typer.Option(
+            help="The base model (an embedded name, a folder or a Hub id); iteration k > 1 "
+            "continues from iteration k-1's adapter."
+        ),
+    ] = DEFAULT_MODEL,
+    role: Annotated[Role, typer.Option(help="Which role to train.")] = Role.both,
+    launcher: Annotated[
+        str,
+        typer.Option(
+            help="python, accelerate (this machine's GPUs) or srun-accelerate (a Slurm allocation)."
+        ),
+    ] = TrainSection.model_fields["launcher"].default,
+    accelerate_config: Annotated[
+        Path | None, typer.Option(help="accelerate's config file (e.g. recipes/accelerate/zero3.yaml).")
+    ] = None,
+    accelerate_args: Annotated[
+        list[str] | None,
+        typer.Option("--accelerate-arg", help="An extra `accelerate launch` argument (repeatable)."),
+    ] = None,
+    trust_remote_code: Annotated[
+        bool, typer.Option("--trust-remote-code", help="Let the model's own code run (off unless given).")
+    ] = False,
+) -> None:
+    """LoRA-train the Generator and/or Extender, merged for serving: models/iter_<k>/ (step 5).
+
+    Trains on this iteration's SFT data (build-sft); iteration k > 1 continues from iteration
+    k-1's adapters. The recipe runs as written (see the README's Training section)."""
+    from selflengthen.train.sft import check_recipe  # imports TRL (seconds): after the quick checks
+
+    settings = section_from_flags(
+        TrainSection,
+        {
+            "recipe": recipe,
+            "launcher": launcher,
+            "accelerate_config": accelerate_config,
+            "accelerate_args": accelerate_args or [],
+        },
+        flags={"accelerate_args": "--accelerate-arg"},
+    )
+    check_recipe(settings.recipe)
+    base = resolve_model(model).source
+    launch = Launch(
+        settings.launcher, settings.accelerate_config, tuple(settings.accelerate_args), trust_remote_code
+    )
+    for name in ROLES if role is Role.both else (role.value,):
+        trained = trained_role(run_dir, iteration, name)
+        if trained.finished():
+            before = yaml.safe_load((trained.folder / "recipe.yaml").read_text(encoding="utf-8"))
+            refuse_other_settings(trained.folder, before, effective_recipe(settings.recipe)[0])
+        result = train_role(run_dir, iteration, name, base, settings.recipe, launch)
+        typer.echo(
+            f"{name}: loss {result['training_loss']:.4f} after {result['global_step']} steps on "
+            f"{result['rows']} rows -> {run_dir / 'models' / f'iter_{iteration}' / name}"
+        )
+
+
+def _last_extended_iteration(run_dir: Path) -> int:
+    iteration = 0
+    while step_folder(run_dir, iteration + 1, "extended").finished():
+        iteration += 1
+    if iteration == 0:
+        raise SelflengthenError(
+            f"{step_folder(run_dir, 1, 'extended').root}: step not finished (run extend first)"
+        )
+    return iteration
+
+
+def collect_command(
+    run_dir: Annotated[Path, RUN_DIR_OPTION],
+    iterations: Annotated[
+        int | None,
+        typer.Option(
+            min=1, help="Collect iterations 1..N (default: every iteration whose extend step finished)."
+        ),
+    ] = None,
+    extra: Annotated[
+        bool,
+        typer.Option(
+            "--extra",
+            help="Also collect iteration N+1's answers (the final Generator's extra data, "
+            "`collect.extra_instructions` in a run config).",
+        ),
+    ] = CollectSection().extra_instructions > 0,
+) -> None:
+    """Gather the kept answers of iterations 1..N, without duplicates: long/ (step 6).
+
+    Every initial and extended answer the steps kept, each once."""
+    last = iterations or _last_extended_iteration(run_dir)
+    if (made := _recorded(long_folder(run_dir))) is not None:
+        before = {
+            "iterations": made["iterations"],
+            "extra": f"iter_{made['iterations'] + 1}/initial" in made["sources"],
+        }
+        refuse_other_settings(long_folder(run_dir).root, before, {"iterations": last, "extra": extra})
+    for k in range(1, last + 1):
+        previous_step(run_dir, k, "extended", f"run iteration {k} first")
+    if extra:
+        previous_step(run_dir, last + 1, "initial", "run generate for the extra instructions first")
+    stats = run_collect(run_dir, last, extra)
+    typer.echo(
+        f"long: {stats['rows_in']} in -> {stats['rows_out']} rows; {_words(stats)} -> "
+        f"{long_folder(run_dir).root}"
+    )
+
+
+def length_control_command(
+    run_dir: Annotated[Path, RUN_DIR_OPTION],
+    min_words: Annotated[int, typer.Option(help="Keep answers of at least this many words.")] = (
+        LengthControlSection().min_words
+    ),
+    max_words: Annotated[int, typer.Option(help="Keep answers of at most this many words.")] = (
+        LengthControlSection().max_words
+    ),
+    round_to: Annotated[int, typer.Option(help="The unit a constraint's length is rounded to.")] = (
+        LengthControlSection().round_to
+    ),
+    coarse_round_to: Annotated[
+        int, typer.Option(help="The coarser unit, used with --coarse-probability.")
+    ] = (LengthControlSection().coarse_round_to),
+    coarse_probability: Annotated[float, typer.Option(help="How often the coarser unit is used.")] = (
+        LengthControlSection().coarse_probability
+    ),
+    seed: Annotated[int, SEED_OPTION] = 0,
+) -> None:
+    """Add a length constraint each answer follows to its instruction: final/ (step 7).
+
+    Answers outside --min-words..--max-words are left out. Constraint types are weighted as
+    `length_control.weights` in a run config (default about 0.4, range 0.25, above 0.1, below
+    0.25)."""
+    settings = section_from_flags(
+        LengthControlSection,
+        {
+            "min_words": min_words,
+            "max_words": max_words,
+            "round_to": round_to,
+            "coarse_round_to": coarse_round_to,
+            "coarse_probability": coarse_probability,
+        },
+    )
+    folder = long_folder(run_dir)
+    if not folder.finished():
+        raise SelflengthenError(f"{folder.root}: step not finished (run collect first)")
+    if (made := _recorded(final_folder(run_dir))) is not None:
+        before = made["settings"] | {"seed": made["seed"]}
+        refuse_other_settings(final_folder(run_dir).root, before, settings.model_dump() | {"seed": seed})
+    stats = run_length_control(run_dir, folder.read(), settings, seed)
+    typer.echo(
+        f"final: {stats['rows_in']} in -> {stats['rows_out']} rows ({stats['outside_length_bounds']} outside "
+        f"{settings.min_words}-{settings.max_words} words); {_words(stats)} -> {final_folder(run_dir).root}"
+    )
