@@ -172,6 +172,13 @@ def cases(busy_port: int, closed_port: int, web_port: int) -> list[Case]:
             files={"bad_sft.yaml": "warmup_ratio: 0.1\n"},
         ),
         Case(
+            "TRL recipe that would not train a LoRA adapter",
+            RUN,
+            "full_sft.yaml: use_peft: must be true",
+            config={"train": {"recipe": "{case}/full_sft.yaml"}},
+            files={"full_sft.yaml": "learning_rate: 1.0e-5\n"},
+        ),
+        Case(
             "--set without a value",
             [*RUN, "--set", "engine.concurrency"],
             "--set 'engine.concurrency': expected KEY=VALUE",

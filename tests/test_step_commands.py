@@ -84,7 +84,10 @@ def test_bad_flags_and_missing_steps_are_one_line(tmp_path: Path) -> None:
             "--min-words must be at least --round-to and --coarse-round-to",
         ),
         (["train", "--recipe", tmp_path / "absent.yaml"], "absent.yaml: cannot be read as YAML"),
-        (["train", "--recipe", RECIPE, "--accelerate-arg", "--num_processes=2"], "--accelerate-config and --accelerate-arg need --launcher: accelerate"),
+        (
+            ["train", "--recipe", RECIPE, "--accelerate-arg", "--num_processes=2"],
+            "--accelerate-config and --accelerate-arg need --launcher: accelerate",
+        ),
         (
             ["train", "--recipe", RECIPE, "--iteration", "2"],
             "iter_2/gen_sft/data: no SFT data for the generator",
