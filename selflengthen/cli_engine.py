@@ -9,20 +9,20 @@ from collections.abc import Callable
 from typing import Annotated, Any
 
 import typer
+from pydantic import BaseModel
 
-from selflengthen.engine.models import DEFAULT_MODEL, ResolvedModel, resolve_model
-from selflengthen.engine.options import (
-    DEFAULT_MAX_TOKENS,
-    PAPER_SAMPLING,
-    EngineOptions,
-    SamplingOptions,
-    context_problem,
-)
+from selflengthen.config import EngineSection, RunConfig, SamplingSection, section_from_flags
+from selflengthen.engine.models import ResolvedModel, resolve_model
+from selflengthen.engine.options import EngineOptions, SamplingOptions, context_problem
 from selflengthen.engine.server import check_endpoint, check_port_free
 from selflengthen.errors import SelflengthenError
 
 _PANEL_ENGINE = "Engine"
 _PANEL_SAMPLING = "Sampling"
+
+
+def _flag(name: str) -> str:
+    return "--" + name.replace("_", "-")
 
 
 def _option(kind: Any, default: Any, help_text: str, panel: str, *flags: str) -> inspect.Parameter:
@@ -34,44 +34,50 @@ def _option(kind: Any, default: Any, help_text: str, panel: str, *flags: str) ->
     )
 
 
-_SHARED = [
-    _option(str, DEFAULT_MODEL, "Model: the embedded default smollm2-135m, a local folder, or a Hub id "
-            "(org/name). With --endpoint, the model name the endpoint serves.", _PANEL_ENGINE, "--model"),
+#: The options of a run config that a step command offers as flags, in --help's order: each is
+#: declared once, with its type, default, limits and help, in `selflengthen.config`; the CLI
+#: derives its flags from there. (`host`, `enforce_eager` and `slurm` are config-only; `vllm_args`
+#: is the repeatable `--vllm-arg`.)
+_FROM_CONFIG: list[tuple[str, type[BaseModel], str, str]] = [
+    ("model", RunConfig, "--model", _PANEL_ENGINE),
+    *[
+        (name, EngineSection, "--vllm-arg" if name == "vllm_args" else _flag(name), _PANEL_ENGINE)
+        for name in EngineSection.model_fields
+        if name not in ("host", "enforce_eager", "slurm")
+    ],
+    *[(name, SamplingSection, _flag(name), _PANEL_SAMPLING) for name in SamplingSection.model_fields],
+    ("seed", RunConfig, "--seed", _PANEL_SAMPLING),
+    ("early_stop", RunConfig, "--early-stop/--no-early-stop", _PANEL_SAMPLING),
+]
+#: Flags only a step command has: a run serves the models its iterations train.
+_ENDPOINT_OPTIONS = [
     _option(str | None, None, "Use this running OpenAI-compatible server (e.g. http://host:8000/v1) "
             "instead of launching vLLM.", _PANEL_ENGINE, "--endpoint"),
     _option(str | None, None, "Name of the environment variable with the endpoint's API key.",
             _PANEL_ENGINE, "--api-key-env"),
-    _option(int, 4096, "Context length given to vLLM.", _PANEL_ENGINE, "--max-model-len"),
-    _option(float | None, None, "vLLM memory fraction (default: 0.9 on GPU, 0.3 on CPU).", _PANEL_ENGINE,
-            "--gpu-memory-utilization"),
-    _option(int, 1, "vLLM tensor parallel size.", _PANEL_ENGINE, "--tensor-parallel-size"),
-    _option(int, 1, "vLLM data parallel size.", _PANEL_ENGINE, "--data-parallel-size"),
-    _option(int | None, None, "Port for the vLLM server (default: a free one).", _PANEL_ENGINE, "--port"),
-    _option(bool, False, "Let vLLM run code shipped with the model (off unless given).", _PANEL_ENGINE,
-            "--trust-remote-code"),
-    _option(list[str] | None, None, "Extra flag for the vLLM server, e.g. --vllm-arg=--enable-prefix-caching "
-            "(repeatable).", _PANEL_ENGINE, "--vllm-arg"),
-    _option(float, 900.0, "Seconds to wait for the vLLM server to be ready.", _PANEL_ENGINE,
-            "--startup-timeout"),
-    _option(int, 64, "Requests in flight at once.", _PANEL_ENGINE, "--concurrency"),
-    _option(int, DEFAULT_MAX_TOKENS, "Most new tokens per request.", _PANEL_SAMPLING, "--max-tokens"),
-    _option(float, PAPER_SAMPLING["temperature"], "Sampling temperature.", _PANEL_SAMPLING, "--temperature"),
-    _option(float, PAPER_SAMPLING["top_p"], "Nucleus sampling threshold.", _PANEL_SAMPLING, "--top-p"),
-    _option(int, PAPER_SAMPLING["top_k"], "Top-k sampling (-1 for off).", _PANEL_SAMPLING, "--top-k"),
-    _option(float, PAPER_SAMPLING["repetition_penalty"], "Repetition penalty.", _PANEL_SAMPLING,
-            "--repetition-penalty"),
-    _option(int, 0, "Seed of every request's sampling, of retries and of the sampler.", _PANEL_SAMPLING,
-            "--seed"),
-    _option(bool, True, "Stream each request and cancel it as soon as the filters' rejection of the "
-            "finished text is certain (a repeated 13-gram, a meta-comment in the first lines). Never "
-            "changes the kept rows; --no-early-stop sends plain requests (servers without streaming, "
-            "comparisons).", _PANEL_SAMPLING, "--early-stop/--no-early-stop"),
 ]  # fmt: skip
-_ENGINE_FIELDS = [
-    "model", "endpoint", "api_key_env", "max_model_len", "gpu_memory_utilization", "tensor_parallel_size",
-    "data_parallel_size", "port", "trust_remote_code", "startup_timeout", "concurrency",
-]  # fmt: skip
-_SAMPLING_FIELDS = ["max_tokens", "temperature", "top_p", "top_k", "repetition_penalty", "seed", "early_stop"]
+
+
+def _config_option(name: str, section: type[BaseModel], flag: str, panel: str) -> inspect.Parameter:
+    declared = section.model_fields[name]
+    default = None if declared.default_factory is not None else declared.default  # a list: repeatable
+    kind = list[str] | None if declared.default_factory is not None else declared.annotation
+    parameter = _option(kind, default, declared.description or "", panel, flag)
+    return parameter.replace(name="vllm_arg") if name == "vllm_args" else parameter
+
+
+_SHARED = [
+    _config_option(*_FROM_CONFIG[0]),
+    *_ENDPOINT_OPTIONS,
+    *[_config_option(*entry) for entry in _FROM_CONFIG[1:]],
+]
+_ENGINE_FIELDS = ["model", "endpoint", "api_key_env"] + [
+    name for name, section, *_ in _FROM_CONFIG if section is EngineSection and name != "vllm_args"
+]
+_SAMPLING_FIELDS = [name for name, section, *_ in _FROM_CONFIG if section is SamplingSection] + [
+    "seed",
+    "early_stop",
+]
 
 
 def with_engine_options(command: Callable[..., None]) -> Callable[..., None]:
@@ -89,9 +95,21 @@ def with_engine_options(command: Callable[..., None]) -> Callable[..., None]:
 
     @functools.wraps(command)
     def wrapper(**kwargs: Any) -> None:
-        vllm_args = tuple(kwargs.pop("vllm_arg") or ())
-        engine = EngineOptions(**{name: kwargs.pop(name) for name in _ENGINE_FIELDS}, vllm_args=vllm_args)
-        sampling = SamplingOptions(**{name: kwargs.pop(name) for name in _SAMPLING_FIELDS})
+        vllm_args = kwargs.pop("vllm_arg") or []
+        engine_flags = {name: kwargs.pop(name) for name in _ENGINE_FIELDS}
+        sampling_flags = {name: kwargs.pop(name) for name in _SAMPLING_FIELDS}
+        # The run config's rules, with errors naming the flags.
+        section_from_flags(
+            EngineSection,
+            {name: engine_flags[name] for name in EngineSection.model_fields if name in engine_flags}
+            | {"vllm_args": vllm_args},
+            flags={"vllm_args": "--vllm-arg"},
+        )
+        section_from_flags(
+            SamplingSection, {name: sampling_flags[name] for name in SamplingSection.model_fields}
+        )
+        engine = EngineOptions(**engine_flags, vllm_args=tuple(vllm_args))
+        sampling = SamplingOptions(**sampling_flags)
         if engine.endpoint:
             check_endpoint(engine)
             model = ResolvedModel(engine.model, engine.model, "endpoint")

@@ -59,17 +59,33 @@ class EngineSection(_Section):
     """How the loop serves its models with vLLM (see `EngineOptions`); the model is set per role.
     No endpoint here: each iteration serves the roles trained by the previous one."""
 
-    max_model_len: Positive = 4096
-    gpu_memory_utilization: Annotated[float, Field(gt=0, le=1)] | None = None
-    tensor_parallel_size: Positive = 1
-    data_parallel_size: Positive = 1
+    max_model_len: Annotated[Positive, Field(description="Context length given to vLLM.")] = 4096
+    gpu_memory_utilization: Annotated[
+        float | None,
+        Field(gt=0, le=1, description="vLLM memory fraction (default: 0.9 on GPU, 0.3 on CPU)."),
+    ] = None
+    tensor_parallel_size: Annotated[Positive, Field(description="vLLM tensor parallel size.")] = 1
+    data_parallel_size: Annotated[Positive, Field(description="vLLM data parallel size.")] = 1
     host: str = "127.0.0.1"
-    port: Annotated[int, Field(ge=1, le=65535)] | None = None
-    trust_remote_code: bool = False
+    port: Annotated[
+        int | None, Field(ge=1, le=65535, description="Port for the vLLM server (default: a free one).")
+    ] = None
+    trust_remote_code: Annotated[
+        bool, Field(description="Let vLLM run code shipped with the model (off unless given).")
+    ] = False
     enforce_eager: bool | None = None
-    vllm_args: list[str] = Field(default_factory=list)
-    startup_timeout: Annotated[float, Field(gt=0)] = 900.0
-    concurrency: Positive = 64
+    vllm_args: Annotated[
+        list[str],
+        Field(
+            default_factory=list,
+            description="Extra flag for the vLLM server, e.g. --vllm-arg=--enable-prefix-caching "
+            "(repeatable).",
+        ),
+    ]
+    startup_timeout: Annotated[
+        float, Field(gt=0, description="Seconds to wait for the vLLM server to be ready.")
+    ] = 900.0
+    concurrency: Annotated[Positive, Field(description="Requests in flight at once.")] = 64
     slurm: SlurmSection | None = None
 
     @field_validator("vllm_args")
@@ -86,11 +102,17 @@ class EngineSection(_Section):
 
 
 class SamplingSection(_Section):
-    temperature: Annotated[float, Field(ge=0)] = PAPER_SAMPLING["temperature"]
-    top_p: Annotated[float, Field(gt=0, le=1)] = PAPER_SAMPLING["top_p"]
-    top_k: Annotated[int, Field(ge=-1)] = PAPER_SAMPLING["top_k"]
-    repetition_penalty: Annotated[float, Field(gt=0)] = PAPER_SAMPLING["repetition_penalty"]
-    max_tokens: Positive = DEFAULT_MAX_TOKENS
+    temperature: Annotated[float, Field(ge=0, description="Sampling temperature.")] = PAPER_SAMPLING[
+        "temperature"
+    ]
+    top_p: Annotated[float, Field(gt=0, le=1, description="Nucleus sampling threshold.")] = PAPER_SAMPLING[
+        "top_p"
+    ]
+    top_k: Annotated[int, Field(ge=-1, description="Top-k sampling (-1 for off).")] = PAPER_SAMPLING["top_k"]
+    repetition_penalty: Annotated[float, Field(gt=0, description="Repetition penalty.")] = PAPER_SAMPLING[
+        "repetition_penalty"
+    ]
+    max_tokens: Annotated[Positive, Field(description="Most new tokens per request.")] = DEFAULT_MAX_TOKENS
 
 
 class SelfInstructSection(_Section):
@@ -171,10 +193,26 @@ class RunConfig(_Section):
 
     name: Annotated[str, Field(min_length=1, pattern=r"^[\w.-]+$")]
     run_dir: LaxPath | None = None
-    model: str = DEFAULT_MODEL
+    model: Annotated[
+        str,
+        Field(
+            description="Model: the embedded default smollm2-135m, a local folder, or a Hub id (org/name). "
+            "With --endpoint, the model name the endpoint serves."
+        ),
+    ] = DEFAULT_MODEL
     iterations: Positive = 3
-    seed: int = 0
-    early_stop: bool = True
+    seed: Annotated[
+        int, Field(description="Seed of every request's sampling, of retries and of the sampler.")
+    ] = 0
+    early_stop: Annotated[
+        bool,
+        Field(
+            description="Stream each request and cancel it as soon as the filters' rejection of the "
+            "finished text is certain (a repeated 13-gram, a meta-comment in the first lines). Never "
+            "changes the kept rows; --no-early-stop sends plain requests (servers without streaming, "
+            "comparisons)."
+        ),
+    ] = True
     engine: EngineSection = EngineSection()
     sampling: SamplingSection = SamplingSection()
     self_instruct: SelfInstructSection = SelfInstructSection()
@@ -239,6 +277,8 @@ def section_from_flags(
     except ValidationError as error:
         problem = error.errors()[0]
         message = problem["msg"].removeprefix("Value error, ")
+        if problem["type"] != "value_error" and not isinstance(problem["input"], dict | list):
+            message += f" (got {problem['input']!r})"
         names = {field: (flags or {}).get(field, "--" + field.replace("_", "-")) for field in values}
         for field in sorted(values, key=len, reverse=True):  # coarse_round_to before round_to
             message = message.replace(field, names[field])
