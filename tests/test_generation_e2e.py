@@ -1,16 +1,16 @@
-"""self-instruct -> generate -> extend on the real vLLM engine with the embedded model.
+"""self-instruct -> generate -> extend run alone, as a user runs them (the installed `selflengthen`
+command, which launches and stops its own vLLM server), on the real engine with the embedded
+model, with early stop off.
 
-Each step is run as a user runs it (the installed `selflengthen` command, which launches and
-stops its own vLLM server). Counts and token limits are tiny so that this fits in CI on 2 CPUs.
-generate and extend run a second time on the same instructions with `--no-early-stop`: the
-model is served in float32, in which sampling with the same seeds gives the same text however
-requests are batched, so the two runs must keep the same rows, text for text.
+They use the settings of the session's reference run (tests/e2e_runs.py: the README's main job,
+served in float32, early stop on), and in float32 sampling with the same seeds gives the same
+text however requests are batched. So the step commands must make iteration 1 of the loop row for
+row, text included, although every request here runs to its end: the step commands and the loop
+are one code path, and early stop changes no kept row while it generates fewer tokens.
 """
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -19,40 +19,49 @@ import pytest
 from selflengthen.builders.extend import EXTENDED_SCHEMA
 from selflengthen.builders.generate import INITIAL_SCHEMA
 from selflengthen.builders.self_instruct import INSTRUCTION_SCHEMA
+from selflengthen.config import load_config
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, apply_filters
+from tests.e2e_runs import RECIPE, SCRIPT, ReferenceRun
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = shutil.which("selflengthen", path=str(Path(sys.executable).parent))
-SAMPLING = ["--seed", "7", "--concurrency", "16", "--vllm-arg=--dtype=float32"]
-GENERATE = ["--samples-per-instruction", "2", "--max-retries", "2", "--max-tokens", "1000"]
-#: Six attempts per row: with three, none of the three rows grew (float32, seed 7).
-EXTEND = ["--rounds", "1", "--max-retries", "6", "--max-tokens", "1000", "--min-ratio", "1.1"]
+CONFIG = load_config(RECIPE)
+#: The reference run's engine and sampling settings as flags.
+SAMPLING = [
+    "--seed", str(CONFIG.seed), "--concurrency", str(CONFIG.engine.concurrency),
+    "--max-model-len", str(CONFIG.engine.max_model_len), "--max-tokens", str(CONFIG.sampling.max_tokens),
+    "--vllm-arg=--dtype=float32", "--no-early-stop",
+]  # fmt: skip
+SELF_INSTRUCT = [
+    "--count", str(CONFIG.self_instruct.count), "--max-retries", str(CONFIG.self_instruct.max_retries),
+    "--seed-language", CONFIG.self_instruct.seed_language,
+]  # fmt: skip
+GENERATE = [
+    "--samples-per-instruction", str(CONFIG.generate.samples_per_instruction),
+    "--max-retries", str(CONFIG.generate.max_retries),
+]  # fmt: skip
+EXTEND = [
+    "--rounds", str(CONFIG.extend.rounds), "--max-retries", str(CONFIG.extend.max_retries),
+    "--min-ratio", str(CONFIG.extend.min_ratio),
+]  # fmt: skip
+STEPS = {"instructions": "self-instruct", "initial": "generate", "extended": "extend"}
 
 
-def selflengthen(*args: str | Path) -> subprocess.CompletedProcess[str]:
+def selflengthen(*args: str | Path) -> str:
+    """Run a step command; its stderr (where the server's start is reported)."""
     assert SCRIPT
-    result = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=1500)
+    result = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result
+    return result.stderr
 
 
 @pytest.fixture(scope="module")
-def run_dir(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("run")
-    selflengthen("self-instruct", "--run-dir", run, "--count", "4", "--max-retries", "8",
-                 "--seed-language", "en", *SAMPLING)  # fmt: skip
+def steps_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """Iteration 1's generation steps, run one by one with early stop off."""
+    run = tmp_path_factory.mktemp("steps") / "run"
+    selflengthen("self-instruct", "--run-dir", run, *SELF_INSTRUCT, *SAMPLING)
     selflengthen("generate", "--run-dir", run, *GENERATE, *SAMPLING)
     selflengthen("extend", "--run-dir", run, *EXTEND, *SAMPLING)
-    return run
-
-
-@pytest.fixture(scope="module")
-def run_without_early_stop(run_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
-    run = tmp_path_factory.mktemp("run-no-early-stop")
-    shutil.copytree(run_dir / "iter_1" / "instructions", run / "iter_1" / "instructions")
-    selflengthen("generate", "--run-dir", run, *GENERATE, *SAMPLING, "--no-early-stop")
-    selflengthen("extend", "--run-dir", run, *EXTEND, *SAMPLING, "--no-early-stop")
     return run
 
 
@@ -61,16 +70,45 @@ def step(run: Path, name: str) -> tuple[pl.DataFrame, dict]:
     return pl.read_parquet(folder / "data" / "*.parquet"), json.loads((folder / "stats.json").read_text())
 
 
-def test_instructions(run_dir: Path) -> None:
-    frame, stats = step(run_dir, "instructions")
+def test_the_steps_alone_make_the_loops_rows_with_early_stop_off(
+    steps_run: Path, reference_run: ReferenceRun
+) -> None:
+    for name in STEPS:
+        alone, stats = step(steps_run, name)
+        in_loop, _ = step(reference_run.run_dir, name)
+        assert stats.get("stopped_early", {}) == {}, name
+        assert alone.drop("model").equals(in_loop.drop("model")), name
+
+
+def test_early_stop_generated_fewer_tokens(steps_run: Path, reference_run: ReferenceRun) -> None:
+    tokens = {
+        run: sum(step(run, name)[1]["completion_tokens"] for name in ("initial", "extended"))
+        for run in (steps_run, reference_run.run_dir)
+    }
+    stopped = {
+        name: step(reference_run.run_dir, name)[1]["stopped_early"] for name in ("initial", "extended")
+    }
+    assert any(stopped.values()), stopped
+    for per_step in stopped.values():
+        for reason, counts in per_step.items():
+            assert reason.split(": ")[1] in ("repeated_ngram", "meta_comment"), reason
+            assert counts["requests"] >= 1 and counts["completion_tokens"] >= 0
+    print(
+        f"completion tokens: early stop {tokens[reference_run.run_dir]}, none {tokens[steps_run]}; {stopped}"
+    )
+    assert tokens[reference_run.run_dir] < tokens[steps_run]
+
+
+def test_instructions(steps_run: Path) -> None:
+    frame, stats = step(steps_run, "instructions")
     assert frame.schema == pl.Schema(INSTRUCTION_SCHEMA)
-    assert 1 <= frame.height <= 4 and stats["rows_out"] == frame.height
+    assert 1 <= frame.height <= CONFIG.self_instruct.count and stats["rows_out"] == frame.height
     assert frame["words"].is_between(4, 499).all()
     assert frame["instruction"].str.to_lowercase().n_unique() == frame.height
 
 
-def test_initial_responses_are_finished_and_clean(run_dir: Path) -> None:
-    frame, stats = step(run_dir, "initial")
+def test_initial_responses_are_finished_and_clean(steps_run: Path) -> None:
+    frame, stats = step(steps_run, "initial")
     assert frame.schema == pl.Schema(INITIAL_SCHEMA)
     assert frame.height >= 1 and stats["rows_out"] == frame.height
     assert (frame["finish_reason"] == "stop").all()
@@ -81,55 +119,24 @@ def test_initial_responses_are_finished_and_clean(run_dir: Path) -> None:
     assert stats["requests"] >= stats["samples_accepted"] and stats["completion_tokens"] > 0
 
 
-def test_extended_rows_grew_and_are_clean(run_dir: Path) -> None:
-    frame, stats = step(run_dir, "extended")
+def test_extended_rows_grew_and_are_clean(steps_run: Path) -> None:
+    frame, stats = step(steps_run, "extended")
     assert frame.schema == pl.Schema(EXTENDED_SCHEMA)
     assert frame.height >= 1, stats
-    assert (frame["extended_words"] > 1.1 * frame["initial_words"]).all()
+    assert (frame["extended_words"] > CONFIG.extend.min_ratio * frame["initial_words"]).all()
     report = apply_filters(
         frame, [EndingFilter(), RepetitionFilter(), MetaCommentFilter()], text_column="extended_response"
     )
     assert report.kept.height == frame.height, report.drop_reasons
-    initial, _ = step(run_dir, "initial")
+    initial, _ = step(steps_run, "initial")
     assert set(frame["id"]) <= set(initial["id"])
     means = frame["initial_words"].mean(), frame["extended_words"].mean()
     print(f"mean words initial {means[0]:.0f} -> extended {means[1]:.0f}")
 
 
-def test_finished_steps_do_no_new_requests(run_dir: Path) -> None:
-    for command in ("self-instruct", "generate", "extend"):
-        stats_file = (
-            run_dir
-            / "iter_1"
-            / {"self-instruct": "instructions"}.get(
-                command, "initial" if command == "generate" else "extended"
-            )
-        )
-        before = (stats_file / "stats.json").read_bytes()
-        result = selflengthen(command, "--run-dir", run_dir, *SAMPLING)
-        assert "starting vLLM" not in result.stderr
-        assert (stats_file / "stats.json").read_bytes() == before
-
-
-def test_early_stop_keeps_the_same_rows_with_fewer_tokens(
-    run_dir: Path, run_without_early_stop: Path
-) -> None:
-    tokens = {}
-    for run in (run_dir, run_without_early_stop):
-        tokens[run] = 0
-        for name in ("initial", "extended"):
-            frame, stats = step(run, name)
-            tokens[run] += stats["completion_tokens"]
-            if run is run_without_early_stop:
-                assert stats["stopped_early"] == {}
-                assert frame.equals(step(run_dir, name)[0]), name
-    stopped = {name: step(run_dir, name)[1]["stopped_early"] for name in ("initial", "extended")}
-    assert any(stopped.values()), stopped
-    for per_step in stopped.values():
-        for reason, counts in per_step.items():
-            assert reason.split(": ")[1] in ("repeated_ngram", "meta_comment"), reason
-            assert counts["requests"] >= 1 and counts["completion_tokens"] >= 0
-    print(
-        f"completion tokens: early stop {tokens[run_dir]}, none {tokens[run_without_early_stop]}; {stopped}"
-    )
-    assert tokens[run_dir] < tokens[run_without_early_stop]
+def test_finished_steps_do_no_new_requests(steps_run: Path) -> None:
+    for folder, command in STEPS.items():
+        before = (steps_run / "iter_1" / folder / "stats.json").read_bytes()
+        output = selflengthen(command, "--run-dir", steps_run, *SAMPLING)
+        assert "starting vLLM" not in output
+        assert (steps_run / "iter_1" / folder / "stats.json").read_bytes() == before

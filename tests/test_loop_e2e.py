@@ -1,13 +1,13 @@
 """`selflengthen run` end to end: the shipped CPU recipe (2 iterations, the embedded model served
 by vLLM on the CPU, LoRA SFT of both roles with TRL), as a user runs it.
 
-This is the README's main job with its run folder moved into pytest's temporary folder.
+This is the README's main job with its run folder moved into pytest's temporary folder and its
+model served in float32: the session's reference run (tests/e2e_runs.py), which other modules
+compare with.
 """
 
 import json
-import shutil
 import subprocess
-import sys
 from pathlib import Path
 
 import polars as pl
@@ -19,26 +19,16 @@ from safetensors.torch import load_file
 from selflengthen.config import load_config
 from selflengthen.engine.models import resolve_model
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, apply_filters
+from tests.e2e_runs import RECIPE, SCRIPT, ReferenceRun, run_command
 
 pytestmark = pytest.mark.e2e
 
-SCRIPT = shutil.which("selflengthen", path=str(Path(sys.executable).parent))
-RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "smollm2-cpu" / "run.yaml"
 ROLES = ("generator", "extender")
 
 
-def run(run_dir: Path) -> subprocess.CompletedProcess[str]:
-    assert SCRIPT
-    command = [SCRIPT, "run", "--config", str(RECIPE), "--set", f"run_dir={run_dir}"]
-    result = subprocess.run(command, capture_output=True, text=True, timeout=2400)
-    assert result.returncode == 0, result.stdout[-2000:] + result.stderr[-3000:]
-    return result
-
-
 @pytest.fixture(scope="module")
-def finished_run(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, subprocess.CompletedProcess[str]]:
-    run_dir = tmp_path_factory.mktemp("loop") / "run"
-    return run_dir, run(run_dir)
+def finished_run(reference_run: ReferenceRun) -> tuple[Path, str]:
+    return reference_run.run_dir, reference_run.output
 
 
 def stats(run_dir: Path, *parts: str) -> dict:
@@ -67,7 +57,7 @@ def test_every_step_of_both_iterations_wrote_data_and_stats(finished_run) -> Non
         )
     summary = json.loads((run_dir / "summary.json").read_text())
     assert [row["iteration"] for row in summary["iterations"]] == [1, 2]
-    assert "generator loss" in result.stdout and "extended words mean/median/max" in result.stdout
+    assert "generator loss" in result and "extended words mean/median/max" in result
     saved = (run_dir / "config.yaml").read_text()
     assert (
         "name: smollm2-cpu" in saved
@@ -144,7 +134,8 @@ def test_rerunning_the_finished_run_does_nothing(finished_run) -> None:
     before = {
         path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file() and path.name != ".lock"
     }
-    again = run(run_dir)
+    again = subprocess.run(run_command(run_dir), capture_output=True, text=True, timeout=600)
+    assert again.returncode == 0, again.stderr[-3000:]
     assert "== " not in again.stdout and "starting vLLM" not in again.stdout + again.stderr
     after = {
         path: path.read_bytes() for path in run_dir.rglob("*") if path.is_file() and path.name != ".lock"
