@@ -11,6 +11,7 @@ import polars as pl
 import typer
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from loguru import logger
+from typer.core import TyperGroup
 
 from selflengthen import __version__, interrupts
 from selflengthen.builders.extend import ExtendSettings, run_extend
@@ -43,7 +44,26 @@ from selflengthen.filters import (
 from selflengthen.loop import STEPS, parse_iterations, run_loop, summary_table
 from selflengthen.tables import check_output, read_instructions, read_table, require_columns, write_table
 
+
+class _Commands(TyperGroup):
+    """The command group: an interruption (SIGINT, SIGTERM, SIGHUP) that reaches it has unwound
+    the command (servers stopped, checkpoints saved); it ends here, before click would turn it
+    into "Aborted!" and a normal exit that waits for the step's worker threads."""
+
+    def invoke(self, ctx: typer.Context) -> object:
+        try:
+            return super().invoke(ctx)
+        except interrupts.Interrupted as error:
+            _exit_interrupted(error)
+
+
+def _exit_interrupted(error: BaseException) -> None:
+    typer.echo("selflengthen: interrupted; rerun the same command to resume", err=True)
+    interrupts.exit_now(interrupts.exit_status(error))
+
+
 app = typer.Typer(
+    cls=_Commands,
     name="selflengthen",
     help="Build long-output training data with the Self-Lengthen method.",
     no_args_is_help=True,
@@ -527,9 +547,8 @@ def main() -> None:
             raise
         typer.echo(f"selflengthen: error: {describe_os_error(error)}", err=True)
         sys.exit(2)
-    except (KeyboardInterrupt, interrupts.Interrupted) as error:
-        typer.echo("selflengthen: interrupted; rerun the same command to resume", err=True)
-        interrupts.exit_now(interrupts.exit_status(error))
+    except KeyboardInterrupt as error:  # an interruption outside a command (e.g. while parsing)
+        _exit_interrupted(error)
 
 
 if __name__ == "__main__":

@@ -20,9 +20,12 @@ from selflengthen.engine.server import die_with_parent
 _INSTALLED: set[str] = set()
 
 
-class Interrupted(BaseException):
-    """SIGINT, SIGTERM or SIGHUP, raised in the main thread (a BaseException, like
-    KeyboardInterrupt, so that no `except Exception` swallows it)."""
+class Interrupted(KeyboardInterrupt):
+    """SIGINT, SIGTERM or SIGHUP, raised in the main thread. A KeyboardInterrupt, so that no
+    `except Exception` swallows it, and so that asyncio passes it on: asyncio re-raises only
+    KeyboardInterrupt and SystemExit from the callbacks and tasks its loop runs, and logs any
+    other BaseException there (a signal that arrived while datatrove's inference loop ran such a
+    callback was lost, and the interrupted command went on waiting)."""
 
     def __init__(self, signum: int) -> None:
         super().__init__(signal.Signals(signum).name)

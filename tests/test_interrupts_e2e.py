@@ -66,7 +66,12 @@ def interrupt(command: list[str], signum: int, when: str) -> tuple[int, str, lis
         time.sleep(0.5)
     assert process.poll() is None, "".join(stderr)[-2000:]
     process.send_signal(signum)
-    status = process.wait(timeout=300)
+    try:
+        status = process.wait(timeout=300)
+    except subprocess.TimeoutExpired:
+        for straggler in session_processes(process.pid):  # a hung command leaves nothing behind
+            straggler.kill()
+        raise AssertionError(f"still running 300 s after {signal.Signals(signum).name}") from None
     reader.join(timeout=10)
     leftover = session_processes(process.pid)
     for _ in range(30):
