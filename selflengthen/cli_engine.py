@@ -11,7 +11,7 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from selflengthen.config import EngineSection, RunConfig, SamplingSection, section_from_flags
+from selflengthen.config import EngineSection, RunConfig, SamplingSection, flag_name, section_from_flags
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions, context_problem
 from selflengthen.engine.server import check_endpoint, check_port_free
@@ -19,10 +19,6 @@ from selflengthen.errors import SelflengthenError
 
 _PANEL_ENGINE = "Engine"
 _PANEL_SAMPLING = "Sampling"
-
-
-def _flag(name: str) -> str:
-    return "--" + name.replace("_", "-")
 
 
 def _option(kind: Any, default: Any, help_text: str, panel: str, *flags: str) -> inspect.Parameter:
@@ -41,11 +37,11 @@ def _option(kind: Any, default: Any, help_text: str, panel: str, *flags: str) ->
 _FROM_CONFIG: list[tuple[str, type[BaseModel], str, str]] = [
     ("model", RunConfig, "--model", _PANEL_ENGINE),
     *[
-        (name, EngineSection, "--vllm-arg" if name == "vllm_args" else _flag(name), _PANEL_ENGINE)
+        (name, EngineSection, "--vllm-arg" if name == "vllm_args" else flag_name(name), _PANEL_ENGINE)
         for name in EngineSection.model_fields
         if name not in ("host", "enforce_eager", "slurm")
     ],
-    *[(name, SamplingSection, _flag(name), _PANEL_SAMPLING) for name in SamplingSection.model_fields],
+    *[(name, SamplingSection, flag_name(name), _PANEL_SAMPLING) for name in SamplingSection.model_fields],
     ("seed", RunConfig, "--seed", _PANEL_SAMPLING),
     ("early_stop", RunConfig, "--early-stop/--no-early-stop", _PANEL_SAMPLING),
 ]

@@ -9,7 +9,6 @@ own rules, and their defaults are the run config's.
 
 from __future__ import annotations
 
-import json
 from enum import StrEnum
 from pathlib import Path
 from typing import Annotated, Any
@@ -21,7 +20,7 @@ import yaml
 from selflengthen.builders.collect import long_folder, run_collect
 from selflengthen.builders.length_control import final_folder, run_length_control
 from selflengthen.builders.sft_data import run_build_sft
-from selflengthen.builders.step import StepFolder, refuse_other_settings, step_folder
+from selflengthen.builders.step import refuse_other_settings, step_folder
 from selflengthen.config import (
     CollectSection,
     LengthControlSection,
@@ -30,7 +29,7 @@ from selflengthen.config import (
     section_from_flags,
 )
 from selflengthen.engine.models import DEFAULT_MODEL, resolve_model
-from selflengthen.errors import SelflengthenError, require_folder
+from selflengthen.errors import require_folder
 from selflengthen.train.roles import ROLES, Launch, effective_recipe, train_role, trained_role
 
 
@@ -47,14 +46,7 @@ SEED_OPTION = typer.Option(help="Seed of the step's random choices (a run uses i
 
 def previous_step(run_dir: Path, iteration: int, step: str, hint: str) -> pl.DataFrame:
     """The rows of a finished earlier step, or a one-line error saying what to run first."""
-    folder = step_folder(run_dir, iteration, step)
-    if not folder.finished():
-        raise SelflengthenError(f"{folder.root}: step not finished ({hint})")
-    return folder.read()
-
-
-def _recorded(folder: StepFolder) -> dict[str, Any] | None:
-    return json.loads(folder.stats.read_text(encoding="utf-8")) if folder.finished() else None
+    return step_folder(run_dir, iteration, step).require_finished(hint).read()
 
 
 def _words(stats: dict[str, Any]) -> str:
@@ -77,9 +69,10 @@ def build_sft_command(
     of the answer with some lines dropped."""
     settings = section_from_flags(SftDataSection, {"line_drop_probability": line_drop_probability})
     extended = previous_step(run_dir, iteration, "extended", "run extend first")
-    if (made := _recorded(step_folder(run_dir, iteration, "ext_sft"))) is not None:
+    extender_data = step_folder(run_dir, iteration, "ext_sft")
+    if (made := extender_data.recorded_stats()) is not None:
         wanted = {"line_drop_probability": settings.line_drop_probability, "seed": seed}
-        refuse_other_settings(step_folder(run_dir, iteration, "ext_sft").root, made, wanted)
+        refuse_other_settings(extender_data.root, made, wanted)
     results = run_build_sft(run_dir, iteration, extended, settings.line_drop_probability, seed)
     for step, stats in results.items():
         typer.echo(
@@ -163,9 +156,7 @@ def _last_extended_iteration(run_dir: Path) -> int:
     while step_folder(run_dir, iteration + 1, "extended").finished():
         iteration += 1
     if iteration == 0:
-        raise SelflengthenError(
-            f"{step_folder(run_dir, 1, 'extended').root}: step not finished (run extend first)"
-        )
+        step_folder(run_dir, 1, "extended").require_finished("run extend first")
     return iteration
 
 
@@ -190,16 +181,18 @@ def collect_command(
 
     Every initial and extended answer the steps kept, each once."""
     last = iterations or _last_extended_iteration(run_dir)
-    if (made := _recorded(long_folder(run_dir))) is not None:
+    if (made := long_folder(run_dir).recorded_stats()) is not None:
         before = {
             "iterations": made["iterations"],
             "extra": f"iter_{made['iterations'] + 1}/initial" in made["sources"],
         }
         refuse_other_settings(long_folder(run_dir).root, before, {"iterations": last, "extra": extra})
     for k in range(1, last + 1):
-        previous_step(run_dir, k, "extended", f"run iteration {k} first")
+        step_folder(run_dir, k, "extended").require_finished(f"run iteration {k} first")
     if extra:
-        previous_step(run_dir, last + 1, "initial", "run generate for the extra instructions first")
+        step_folder(run_dir, last + 1, "initial").require_finished(
+            "run generate for the extra instructions first"
+        )
     stats = run_collect(run_dir, last, extra)
     typer.echo(
         f"long: {stats['rows_in']} in -> {stats['rows_out']} rows; {_words(stats)} -> "
@@ -241,10 +234,8 @@ def length_control_command(
             "coarse_probability": coarse_probability,
         },
     )
-    folder = long_folder(run_dir)
-    if not folder.finished():
-        raise SelflengthenError(f"{folder.root}: step not finished (run collect first)")
-    if (made := _recorded(final_folder(run_dir))) is not None:
+    folder = long_folder(run_dir).require_finished("run collect first")
+    if (made := final_folder(run_dir).recorded_stats()) is not None:
         before = made["settings"] | {"seed": made["seed"]}
         refuse_other_settings(final_folder(run_dir).root, before, settings.model_dump() | {"seed": seed})
     stats = run_length_control(run_dir, folder.read(), settings, seed)

@@ -266,6 +266,11 @@ def _describe(error: dict[str, Any]) -> str:
 Section = TypeVar("Section", bound=_Section)
 
 
+def flag_name(field: str) -> str:
+    """The command-line flag of a config key: `min_words` -> `--min-words`."""
+    return "--" + field.replace("_", "-")
+
+
 def section_from_flags(
     kind: type[Section], values: dict[str, Any], flags: dict[str, str] | None = None
 ) -> Section:
@@ -279,7 +284,7 @@ def section_from_flags(
         message = problem["msg"].removeprefix("Value error, ")
         if problem["type"] != "value_error" and not isinstance(problem["input"], dict | list):
             message += f" (got {problem['input']!r})"
-        names = {field: (flags or {}).get(field, "--" + field.replace("_", "-")) for field in values}
+        names = {field: (flags or {}).get(field, flag_name(field)) for field in values}
         for field in sorted(values, key=len, reverse=True):  # coarse_round_to before round_to
             message = message.replace(field, names[field])
         where = f"{names.get(str(problem['loc'][0]), problem['loc'][0])}: " if problem["loc"] else ""

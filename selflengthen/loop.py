@@ -344,7 +344,7 @@ def _run_final(runner: Runner) -> None:
             lambda: _generate(runner, last + 1, step_folder(run_dir, last + 1, "instructions").read()),
         )
     runner.server.stop()
-    collected = _stats(long_folder(run_dir))
+    collected = long_folder(run_dir).recorded_stats()
     runner.step(
         "collect",
         None,
@@ -364,11 +364,9 @@ def _collect_sources(run_dir: Path, iterations: int, extra: bool) -> dict[str, i
     """The row count of each step folder `collect` reads, as its stats record them."""
     steps = [(k, step) for k in range(1, iterations + 1) for step in ("initial", "extended")]
     steps += [(iterations + 1, "initial")] if extra else []
-    return {f"iter_{k}/{step}": _stats(step_folder(run_dir, k, step))["rows_out"] for k, step in steps}
-
-
-def _stats(folder: StepFolder) -> dict[str, Any] | None:
-    return json.loads(folder.stats.read_text()) if folder.finished() else None
+    return {
+        f"iter_{k}/{step}": step_folder(run_dir, k, step).recorded_stats()["rows_out"] for k, step in steps
+    }
 
 
 def run_summary(run_dir: Path, iterations: int) -> dict[str, Any]:
@@ -378,7 +376,7 @@ def run_summary(run_dir: Path, iterations: int) -> dict[str, Any]:
     for iteration in range(1, iterations + 1):
         row: dict[str, Any] = {"iteration": iteration}
         for step in ("instructions", "initial", "extended"):
-            stats = _stats(step_folder(run_dir, iteration, step))
+            stats = step_folder(run_dir, iteration, step).recorded_stats()
             row[step] = stats["rows_out"] if stats else None
             if step != "instructions":
                 row[f"{step}_words"] = stats["words"] if stats else None
@@ -387,7 +385,7 @@ def run_summary(run_dir: Path, iterations: int) -> dict[str, Any]:
             row[f"{role}_loss"] = round(trained.result()["training_loss"], 4) if trained.finished() else None
         rows.append(row)
     final = {
-        name: _stats(folder)
+        name: folder.recorded_stats()
         for name, folder in (("long", long_folder(run_dir)), ("final", final_folder(run_dir)))
     }
     return {

@@ -63,6 +63,16 @@ class StepFolder:
     def finished(self) -> bool:
         return self.stats.is_file()
 
+    def recorded_stats(self) -> dict[str, Any] | None:
+        """The stats of the finished step, or None if it has not finished."""
+        return json.loads(self.stats.read_text(encoding="utf-8")) if self.finished() else None
+
+    def require_finished(self, hint: str) -> StepFolder:
+        """This folder, or a one-line error saying that the step has not finished and `hint`."""
+        if not self.finished():
+            raise SelflengthenError(f"{self.root}: step not finished ({hint})")
+        return self
+
     def shards(self) -> list[Path]:
         """The step's parquet shards, each checked against the size and SHA-256 recorded in
         `stats.json` when the step finished (a one-line error names a missing, damaged or
@@ -521,9 +531,8 @@ def refuse_when_every_request_failed(folder: StepFolder, done: list[Document]) -
 def finished_stats(folder: StepFolder, sampling: SamplingOptions) -> dict[str, Any] | None:
     """The stats of the step if it finished, else None; a step finished with other sampling
     settings is refused rather than reported as if the new ones had made it."""
-    if not folder.finished():
+    if (stats := folder.recorded_stats()) is None:
         return None
-    stats = json.loads(folder.stats.read_text(encoding="utf-8"))
     refuse_other_settings(folder.root, stats.get("sampling") or {}, sampling.lineage())
     return stats
 
