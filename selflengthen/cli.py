@@ -34,6 +34,7 @@ from selflengthen.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, ResolvedM
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError, describe_os_error
 from selflengthen.filters import (
+    CharacterLoopFilter,
     EndingFilter,
     GrowthFilter,
     LengthFilter,
@@ -80,8 +81,8 @@ class SeedLanguage(StrEnum):
     zh = "zh"
 
 
-FILTER_NAMES = ("ending", "repetition", "meta-comment", "length", "growth")
-DEFAULT_FILTERS = "ending,repetition,meta-comment"
+FILTER_NAMES = ("ending", "repetition", "character-loop", "meta-comment", "length", "growth")
+DEFAULT_FILTERS = "ending,repetition,character-loop,meta-comment"
 
 InputFile = Annotated[Path, typer.Argument(help="A .jsonl, .csv or .parquet file.", show_default=False)]
 OutputFile = Annotated[
@@ -137,6 +138,7 @@ def _build_filters(
         makers = {
             "ending": lambda: EndingFilter(),
             "repetition": lambda: RepetitionFilter(ngram=ngram),
+            "character-loop": lambda: CharacterLoopFilter(),
             "meta-comment": lambda: MetaCommentFilter(),
             "length": lambda: LengthFilter(min_words=min_words, max_words=max_words),
             "growth": lambda: GrowthFilter(

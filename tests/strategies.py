@@ -27,3 +27,9 @@ def repetitive_texts(draw: st.DrawFn) -> str:
     for word in words:
         pieces += [word, draw(separators)]
     return "".join(pieces)
+
+
+#: Texts made of short units repeated back to back, so that character loops are common.
+loop_texts = st.lists(
+    st.tuples(st.text(alphabet="ab 中\n💐", min_size=1, max_size=4), st.integers(1, 9)), max_size=8
+).map(lambda units: "".join(unit * count for unit, count in units))

@@ -36,19 +36,20 @@ def test_filter_then_sample_the_example_corpus(tmp_path: Path) -> None:
         EXAMPLES,
         kept,
         "--filters",
-        "ending,repetition,meta-comment,length",
+        "ending,repetition,character-loop,meta-comment,length",
         "--min-words",
         "10",
         "--dropped",
         dropped,
     )
     assert result.returncode == 0, result.stderr
-    assert "kept 5 of 12 rows" in result.stdout
+    assert "kept 5 of 13 rows" in result.stdout
     assert pl.read_parquet(kept)["id"].to_list() == ["en-essay", "en-guide", "zh-essay", "zh-story", "mixed"]
     reasons = {row["id"]: row["drop_reason"] for row in map(json.loads, dropped.read_text().splitlines())}
     assert reasons["en-cut"] == reasons["zh-cut"] == "🔚 Ending: bad_ending"
     assert reasons["zh-loop"].startswith("🔁 Repetition: repeated_ngram: 山间的溪水")
     assert reasons["en-meta"] == "🗨 Meta-comment: meta_comment: here is the revised version"
+    assert reasons["en-runaway"] == f"🌀 Character loop: character_loop: {'z' * 24}…"
     assert reasons["en-short"] == "📏 Length: too_short"
 
     result = run("sample", kept, sampled, "--length-column", "text", "--seed", "0")

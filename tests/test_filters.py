@@ -10,16 +10,18 @@ from selflengthen.filters import (
     DEFAULT_META_WORDS,
     DROP_DETAIL,
     MISSING_TEXT,
+    CharacterLoopFilter,
     EndingFilter,
     GrowthFilter,
     LengthFilter,
     MetaCommentFilter,
     RepetitionFilter,
+    find_character_loop,
     find_repeated_ngram,
 )
 from selflengthen.filters.repetition import find_repeated_ngrams
 from selflengthen.text import content_tokens
-from tests.strategies import repetitive_texts, texts
+from tests.strategies import loop_texts, repetitive_texts, texts
 
 ENGLISH = " ".join(f"w{i}" for i in range(40))
 LABELLED_LINES = Path(__file__).parent / "data" / "meta_comment_lines.jsonl"
@@ -338,7 +340,78 @@ def test_growth_missing_source_and_bad_ratio() -> None:
 
 # --- every filter on bad input -----------------------------------------------------------------
 
-ALL_FILTERS = [RepetitionFilter, EndingFilter, LengthFilter, MetaCommentFilter, GrowthFilter]
+# --- CharacterLoopFilter ----------------------------------------------------------------------
+
+
+@pytest.mark.parametrize(
+    "loop",
+    [
+        "z" * 81,  # one token, repeated (measured: 'zzzz…' to max_tokens)
+        "💐" * 81,  # an emoji loop: no whitespace, no letter, unseen by RepetitionFilter
+        ":D" * 41,
+        "；" * 81,
+        "长" * 81,
+        "•\n" * 41,  # whitespace inside the unit counts, as long as the unit is not all whitespace
+        "ahaha, " * 12,
+        "-" * 81,
+    ],
+)
+def test_character_loop_drops_runaway_loops(loop: str) -> None:
+    document = doc(f"A fine start.\n\n{loop}\n\nA fine end.")
+    assert CharacterLoopFilter().filter(document) == (False, "character_loop")
+    assert document.metadata[DROP_DETAIL].endswith("…")
+
+
+@pytest.mark.parametrize(
+    "text",
+    [
+        "=" * 80,  # a plain-text separator line
+        "Chapter 1\n" + "-" * 80 + "\nIt began.",
+        "his father's son's son's son's son's son's son",  # the longest natural loop measured: 30
+        "| a | b |\n|---|---|---|---|---|---|---|---|---|---|\n| 1 | 2 |",
+        "\n" * 500 + " " * 500 + "\t" * 200,  # whitespace alone is never a loop
+        "https://example.org/" + "".join(chr(0x4E00 + i) for i in range(300)),
+        ENGLISH * 30,
+    ],
+)
+def test_character_loop_keeps_natural_text(text: str) -> None:
+    assert CharacterLoopFilter().filter(doc(text)) is True
+
+
+def naive_loop(text: str, max_chars: int, max_period: int) -> str | None:
+    """The rule, written the obvious way: every stretch that ends where it first exceeds
+    `max_chars`, checked for every period."""
+    for end in range(max_chars + 1, len(text) + 1):
+        stretch = text[end - max_chars - 1 : end]
+        for period in range(1, max_period + 1):
+            if not stretch.isspace() and all(
+                stretch[k] == stretch[k - period] for k in range(period, len(stretch))
+            ):
+                return stretch
+    return None
+
+
+@given(loop_texts, st.integers(1, 10), st.integers(1, 4))
+def test_character_loop_agrees_with_naive_rule(text: str, max_chars: int, max_period: int) -> None:
+    max_chars = max(max_chars, max_period)
+    assert find_character_loop(text, max_chars, max_period) == naive_loop(text, max_chars, max_period)
+
+
+def test_character_loop_bad_parameters() -> None:
+    with pytest.raises(ValueError, match="max_period"):
+        CharacterLoopFilter(max_period=0)
+    with pytest.raises(ValueError, match="max_chars"):
+        CharacterLoopFilter(max_chars=4, max_period=8)
+
+
+ALL_FILTERS = [
+    RepetitionFilter,
+    CharacterLoopFilter,
+    EndingFilter,
+    LengthFilter,
+    MetaCommentFilter,
+    GrowthFilter,
+]
 
 
 @pytest.mark.parametrize("make", ALL_FILTERS)

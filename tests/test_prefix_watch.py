@@ -16,10 +16,10 @@ from selflengthen.builders.extend import CombinedWatch, StageOneWatch, certainly
 from selflengthen.builders.step import ResponseWatch, Tally, chat, response_problem
 from selflengthen.engine.options import SamplingOptions
 from selflengthen.engine.streaming import EARLY_STOP
-from selflengthen.filters import MetaCommentFilter, RepetitionFilter
-from selflengthen.filters.prefix import HeadMetaWatch, PrefixWatch, RepeatWatch
+from selflengthen.filters import CharacterLoopFilter, MetaCommentFilter, RepetitionFilter
+from selflengthen.filters.prefix import HeadMetaWatch, LoopWatch, PrefixWatch, RepeatWatch
 from selflengthen.text import is_cjk, is_content, tokens
-from tests.strategies import repetitive_texts, small_vocabulary, texts
+from tests.strategies import loop_texts, repetitive_texts, small_vocabulary, texts
 
 
 def _chunks(text: str, cuts: list[int]) -> list[str]:
@@ -51,6 +51,14 @@ def _has_repeat(words: list[str], n: int) -> bool:
 
 def _rejected(check: object, text: str) -> bool:
     return check.filter(Document(text=text, id="t")) is not True  # type: ignore[attr-defined]
+
+
+#: The filter behind each reason the response watches give.
+_FILTER_OF = {
+    "🔁 Repetition: repeated_ngram": RepetitionFilter(),
+    "🌀 Character loop: character_loop": CharacterLoopFilter(),
+    "🗨 Meta-comment: meta_comment": MetaCommentFilter(),
+}
 
 
 @given(
@@ -101,6 +109,32 @@ def test_repeat_watch_cjk_characters_are_complete_words() -> None:
     assert _first_stop(RepeatWatch(), [line + line[:13]]) == 0
 
 
+@given(loop_texts, st.lists(st.integers(0, 500), max_size=10), st.integers(1, 12), st.integers(1, 4))
+def test_loop_watch_stops_exactly_at_the_first_prefix_with_a_loop(
+    text: str, cuts: list[int], max_chars: int, max_period: int
+) -> None:
+    check = CharacterLoopFilter(max_chars=max(max_chars, max_period), max_period=max_period)
+    chunks = _chunks(text, cuts)
+    stop = _first_stop(LoopWatch.for_filter(check), chunks)
+    prefixes = ["".join(chunks[: index + 1]) for index in range(len(chunks))]
+    assert stop == next((i for i, prefix in enumerate(prefixes) if check.find(prefix) is not None), None)
+    if stop is not None:
+        assert _rejected(check, text)
+
+
+def test_loop_watch_stops_an_endless_token_loop_within_its_limit() -> None:
+    watch = LoopWatch.for_filter(CharacterLoopFilter())
+    assert watch.feed("A story about the sea. " + "z" * 80) is None
+    assert watch.feed("z") == "character_loop"
+    assert LoopWatch.for_filter(CharacterLoopFilter()).feed("\n" * 300 + "=" * 80 + " ok") is None
+
+
+def test_stage_one_watch_stops_once_a_loop_is_in_the_kept_part() -> None:
+    watch = StageOneWatch()
+    assert watch.feed("Tea\n\n" + "💐" * 100) is None  # the loop's paragraph may not be kept
+    assert watch.feed("\n\nMore.\n\nAnd more.\n\n") == "🌀 Character loop: character_loop"
+
+
 def _meta_reference(prefix: str, check: MetaCommentFilter) -> bool:
     """Whether one of the first `head_lines` non-empty lines that are complete in `prefix`
     (followed by a line break) holds a meta word."""
@@ -147,7 +181,7 @@ def test_head_meta_watch_stops_exactly_when_a_head_line_is_complete(
         assert _rejected(check, text)
 
 
-@given(st.one_of(texts, repetitive_texts()), st.lists(st.integers(0, 10_000), max_size=10))
+@given(st.one_of(texts, repetitive_texts(), loop_texts), st.lists(st.integers(0, 10_000), max_size=10))
 def test_response_watch_stops_only_responses_the_filters_reject(text: str, cuts: list[int]) -> None:
     reason = None
     watch = ResponseWatch()
@@ -155,14 +189,13 @@ def test_response_watch_stops_only_responses_the_filters_reject(text: str, cuts:
         if (reason := watch.feed(chunk)) is not None:
             break
     if reason is not None:
-        check = RepetitionFilter() if reason.endswith("repeated_ngram") else MetaCommentFilter()
-        assert _rejected(check, text)
+        assert _rejected(_FILTER_OF[reason], text)
         assert ResponseWatch().feed(text) == reason  # a cached answer gets the same reason back
 
 
 @given(
-    repetitive_texts(),
-    repetitive_texts(),
+    st.one_of(repetitive_texts(), loop_texts),
+    st.one_of(repetitive_texts(), loop_texts),
     st.sampled_from(["\n", "\n\n"]),
     st.lists(st.integers(0, 500), max_size=6),
 )
@@ -176,8 +209,7 @@ def test_combined_watch_judges_the_text_stage_two_is_judged_on(
     for chunk in _chunks(continuation, cuts):
         reason = reason or combined.feed(chunk)
     if reason is not None:
-        check = RepetitionFilter() if reason.endswith("repeated_ngram") else MetaCommentFilter()
-        assert _rejected(check, whole)
+        assert _rejected(_FILTER_OF[reason], whole)
     # Fed at once (a cached answer), the same text gives the same verdict.
     again = CombinedWatch(start, separator)
     assert (again.reason_before or again.feed(continuation)) == reason
@@ -232,7 +264,9 @@ def test_certainly_kept_is_always_the_beginning_of_the_start(text: str, cut: int
 
 
 @given(
-    st.one_of(repetitive_texts(), st.sampled_from(["Here is the revised version:", "A\nrevised", "Tea"])),
+    st.one_of(
+        repetitive_texts(), loop_texts, st.sampled_from(["Here is the revised version:", "A\nrevised", "Tea"])
+    ),
     structured_texts,
     st.lists(st.integers(0, 10_000), max_size=10),
     repetitive_texts(),
@@ -246,7 +280,7 @@ def test_stage_one_watch_stops_only_when_stage_two_cannot_pass(
         start = _start_of(text)
         for separator in ("\n", "\n\n"):
             combined = combine(start, separator, continuation)
-            assert _rejected(RepetitionFilter(), combined) or _rejected(MetaCommentFilter(), combined)
+            assert any(_rejected(check, combined) for check in _FILTER_OF.values())
         assert StageOneWatch().feed(text) is not None  # a cached answer gets the same verdict
 
 

@@ -26,6 +26,7 @@ from datatrove.data import Document
 
 from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.step import (
+    CHARACTER_LOOP,
     META_COMMENT,
     REPETITION,
     RESULTS_KEY,
@@ -47,7 +48,7 @@ from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError, require_at_least_one
 from selflengthen.filters import GrowthFilter
-from selflengthen.filters.prefix import HeadMetaWatch, RepeatWatch
+from selflengthen.filters.prefix import HeadMetaWatch, LoopWatch, RepeatWatch
 from selflengthen.prompts import template
 from selflengthen.text import content_tokens, count_words
 
@@ -122,12 +123,14 @@ class StageOneWatch:
     """Stage 1's text is not judged itself, but the first two-thirds of its parts become the
     start of the text stage 2 is judged on, so its first lines are that text's first lines.
     Its rejection is certain once the part kept whatever follows (`certainly_kept`) holds a
-    meta-comment among its first `head_lines` lines, or a repeated n-gram (`RepeatWatch`).
-    That part grows only at a line break, so it is measured again only then: for the
-    meta-comment until it holds `head_lines` lines, for a repeat once one has been seen."""
+    meta-comment among its first `head_lines` lines, a repeated n-gram (`RepeatWatch`) or a
+    character loop (`LoopWatch`). That part grows only at a line break, so it is measured again
+    only then: for the meta-comment until it holds `head_lines` lines, for a repeat or a loop
+    once one has been seen in the text."""
 
     def __init__(self) -> None:
         self._repeat = RepeatWatch.for_filter(REPETITION)
+        self._loop = LoopWatch.for_filter(CHARACTER_LOOP)
         self._head_open = META_COMMENT.head_lines > 0
         self._chunks: list[str] = []
         self.reason: str | None = None
@@ -140,8 +143,10 @@ class StageOneWatch:
     def _check(self, chunk: str) -> str | None:
         self._chunks.append(chunk)
         first_repeat = self._repeat.found is None and self._repeat.feed(chunk) is not None
+        first_loop = not self._loop.failed and self._loop.feed(chunk) is not None
         line_break = "\n" in chunk or "\r" in chunk
-        if not (first_repeat or (line_break and (self._head_open or self._repeat.found is not None))):
+        seen = self._repeat.found is not None or self._loop.failed
+        if not (first_repeat or first_loop or (line_break and (self._head_open or seen))):
             return None
         kept = certainly_kept("".join(self._chunks))
         if self._head_open:
@@ -151,6 +156,8 @@ class StageOneWatch:
             self._head_open = len(head) < META_COMMENT.head_lines
         if self._repeat.found is not None and len(content_tokens(kept)) >= self._repeat.words:
             return rejection(REPETITION, RepeatWatch.reason)
+        if self._loop.failed and CHARACTER_LOOP.find(kept) is not None:
+            return rejection(CHARACTER_LOOP, LoopWatch.reason)
         return None
 
 

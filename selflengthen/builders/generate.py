@@ -2,7 +2,7 @@
 
 Each instruction is answered `samples_per_instruction` times; each sample is retried (up to
 `max_retries` times, each with its own seed) until it finishes with `finish_reason == "stop"` and
-passes the ending, repetition and meta-comment filters. The answers then go through the
+passes the ending, repetition, character-loop and meta-comment filters. The answers then go through the
 length-weighted sampler. Output: `iter_<k>/initial/`.
 """
 

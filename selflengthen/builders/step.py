@@ -33,8 +33,8 @@ from selflengthen.engine.options import EngineOptions, SamplingOptions, SlurmOpt
 from selflengthen.engine.server import ENDPOINT_READY_SECONDS, SelflengthenInferenceRunner, inference_config
 from selflengthen.engine.streaming import EARLY_STOP, REQUEST_WATCH
 from selflengthen.errors import SelflengthenError, ServerFailed
-from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter
-from selflengthen.filters.prefix import HeadMetaWatch, PrefixWatch, RepeatWatch
+from selflengthen.filters import CharacterLoopFilter, EndingFilter, MetaCommentFilter, RepetitionFilter
+from selflengthen.filters.prefix import HeadMetaWatch, LoopWatch, PrefixWatch, RepeatWatch
 from selflengthen.tables import file_sha256, first_line, temporary_beside, write_table
 
 RESULTS_KEY = "rollout_results"
@@ -221,7 +221,8 @@ async def chat(
 
 #: The filters every answer must pass (`response_problem`), with their settings.
 ENDING, REPETITION, META_COMMENT = EndingFilter(), RepetitionFilter(batch_size=1), MetaCommentFilter()
-_RESPONSE_FILTERS = (ENDING, REPETITION, META_COMMENT)
+CHARACTER_LOOP = CharacterLoopFilter()
+_RESPONSE_FILTERS = (ENDING, REPETITION, CHARACTER_LOOP, META_COMMENT)
 
 
 def rejection(check: BaseFilter, kind: str) -> str:
@@ -230,13 +231,14 @@ def rejection(check: BaseFilter, kind: str) -> str:
 
 
 class ResponseWatch:
-    """The prefix checks of `response_problem`'s filters (a `PrefixWatch`): a repeated n-gram
-    and a meta-comment in the first lines; reasons as `response_problem` words them. The ending
-    filter and the finish reason can only be judged at the end."""
+    """The prefix checks of `response_problem`'s filters (a `PrefixWatch`): a repeated n-gram,
+    a character loop and a meta-comment in the first lines; reasons as `response_problem` words
+    them. The ending filter and the finish reason can only be judged at the end."""
 
     def __init__(self) -> None:
         self._watches = (
             (REPETITION, RepeatWatch.for_filter(REPETITION)),
+            (CHARACTER_LOOP, LoopWatch.for_filter(CHARACTER_LOOP)),
             (META_COMMENT, HeadMetaWatch.for_filter(META_COMMENT)),
         )
 
@@ -256,7 +258,7 @@ def stopped_early(result: InferenceResult) -> str | None:
 def response_problem(result: InferenceResult) -> str | None:
     """Why a response is not a finished, clean response (None if it is): stopped early because
     a filter's rejection was certain, cut off by max_tokens, or rejected by the ending,
-    repetition or meta-comment filter."""
+    repetition, character-loop or meta-comment filter."""
     if (reason := stopped_early(result)) is not None:
         return reason
     if result.finish_reason != "stop":

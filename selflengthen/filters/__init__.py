@@ -6,6 +6,7 @@ them to a polars frame or a `datasets.Dataset` with `apply_filters`.
 
 from selflengthen.filters.apply import FilterReport, apply_filters
 from selflengthen.filters.base import DROP_DETAIL, MISSING_TEXT, TextFilter
+from selflengthen.filters.character_loop import CharacterLoopFilter, find_character_loop
 from selflengthen.filters.ending import DEFAULT_TERMINALS, EndingFilter
 from selflengthen.filters.growth import GrowthFilter
 from selflengthen.filters.length import LengthFilter
@@ -18,6 +19,7 @@ __all__ = [
     "DEFAULT_TERMINALS",
     "DROP_DETAIL",
     "MISSING_TEXT",
+    "CharacterLoopFilter",
     "EndingFilter",
     "FilterReport",
     "GrowthFilter",
@@ -26,5 +28,6 @@ __all__ = [
     "RepetitionFilter",
     "TextFilter",
     "apply_filters",
+    "find_character_loop",
     "find_repeated_ngram",
 ]

@@ -12,6 +12,8 @@ saves. Only certain failures count: whatever follows the prefix, the filter reje
   picks n from the finished text's script mix (13 for mostly CJK, 10 otherwise), which a prefix
   does not settle, so the watch looks for repeated 13-grams: a repeated 13-gram contains a
   repeated 10-gram, so the text fails under either n.
+- `LoopWatch` (for `CharacterLoopFilter`): a stretch that already repeats a unit over more
+  than `max_chars` characters stays in the text whatever follows.
 - `HeadMetaWatch` (for `MetaCommentFilter`): the first `head_lines` non-empty lines are always
   checked, and a line is final once a line break follows it. The tail lines cannot be known
   before the end.
@@ -23,6 +25,7 @@ import re
 from collections import deque
 from typing import Protocol
 
+from selflengthen.filters.character_loop import CharacterLoopFilter
 from selflengthen.filters.meta_comment import MetaCommentFilter
 from selflengthen.filters.repetition import CJK_NGRAM, DEFAULT_NGRAM, RepetitionFilter
 from selflengthen.text import is_cjk, is_content, tokens
@@ -75,6 +78,47 @@ class RepeatWatch:
                     self.found = gram
                     return self.reason
                 self._seen.add(gram)
+        return None
+
+
+class LoopWatch:
+    """Finds the first stretch that `CharacterLoopFilter` rejects, character by character as
+    the text arrives: per period, the length of the current run of characters equal to the one
+    that period before; reason `character_loop`."""
+
+    reason = "character_loop"
+
+    def __init__(self, check: CharacterLoopFilter) -> None:
+        self.max_chars, self.max_period = check.max_chars, check.max_period
+        self._runs = [0] * (self.max_period + 1)  # index p: the run for period p (0 unused)
+        self._tail = ""  # the last max_period characters
+        self._position = 0
+        self._last_visible = -1  # position of the last character that is not whitespace
+        self.failed = False
+
+    @classmethod
+    def for_filter(cls, check: CharacterLoopFilter) -> LoopWatch:
+        return cls(check)
+
+    def feed(self, chunk: str) -> str | None:
+        if self.failed:
+            return self.reason
+        runs, tail, longest = self._runs, self._tail, self.max_chars
+        for char in chunk:
+            if not char.isspace():
+                self._last_visible = self._position
+            for period in range(1, min(len(tail), self.max_period) + 1):
+                if tail[-period] == char:
+                    runs[period] += 1
+                    # The stretch is the run plus the period it is measured against.
+                    if runs[period] + period > longest and self._last_visible > self._position - longest - 1:
+                        self.failed = True
+                        return self.reason
+                else:
+                    runs[period] = 0
+            tail = (tail + char)[-self.max_period :]
+            self._position += 1
+        self._tail = tail
         return None
 
 
