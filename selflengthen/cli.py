@@ -351,9 +351,11 @@ def run_command(
     train), then collect and length-control. Rerunning resumes; finished steps are skipped."""
     run_config = load_config(config, overrides)
     selected = parse_iterations(iterations, run_config.iterations)
+    from selflengthen.train.preflight import preflight
     from selflengthen.train.sft import check_recipe  # imports TRL (seconds): after the quick checks
 
     check_recipe(run_config.train.recipe)
+    preflight(run_config)
     summary = run_loop(run_config, selected, from_step, verbose=_state["verbose"])
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=200):
         typer.echo(summary_table(summary))

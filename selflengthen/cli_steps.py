@@ -26,6 +26,7 @@ from selflengthen.config import (
     LengthControlSection,
     SftDataSection,
     TrainSection,
+    flag_name,
     section_from_flags,
 )
 from selflengthen.engine.models import DEFAULT_MODEL, resolve_model
@@ -122,8 +123,10 @@ def train_command(
 
     Trains on this iteration's SFT data (build-sft); iteration k > 1 continues from iteration
     k-1's adapters. The recipe runs as written (see the README's Training section)."""
+    from selflengthen.train.preflight import check_training, visible_gpus
     from selflengthen.train.sft import check_recipe  # imports TRL (seconds): after the quick checks
 
+    flags = {"accelerate_args": "--accelerate-arg"}
     settings = section_from_flags(
         TrainSection,
         {
@@ -132,9 +135,11 @@ def train_command(
             "accelerate_config": accelerate_config,
             "accelerate_args": accelerate_args or [],
         },
-        flags={"accelerate_args": "--accelerate-arg"},
+        flags=flags,
     )
     check_recipe(settings.recipe)
+    recipe_settings = yaml.safe_load(settings.recipe.read_text(encoding="utf-8"))
+    check_training(settings, recipe_settings, visible_gpus(), lambda key: flags.get(key, flag_name(key)))
     base = resolve_model(model).source
     launch = Launch(
         settings.launcher, settings.accelerate_config, tuple(settings.accelerate_args), trust_remote_code

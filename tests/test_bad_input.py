@@ -179,6 +179,19 @@ def cases(busy_port: int, closed_port: int, web_port: int) -> list[Case]:
             files={"full_sft.yaml": "learning_rate: 1.0e-5\n"},
         ),
         Case(
+            "accelerate config that needs DeepSpeed, without DeepSpeed",
+            RUN,
+            "zero3.yaml (DeepSpeed) needs deepspeed, which is not installed",
+            config={"train": {"launcher": "accelerate", "accelerate_config": "{case}/zero3.yaml"}},
+            files={"zero3.yaml": "distributed_type: DEEPSPEED\nnum_processes: 1\nuse_cpu: true\n"},
+        ),
+        Case(
+            "vLLM asked for more GPUs than there are",
+            RUN,
+            "engine.tensor_parallel_size × engine.data_parallel_size: 2 × 1 = 2 GPUs per server",
+            config={"engine": {"tensor_parallel_size": 2}},
+        ),
+        Case(
             "--set without a value",
             [*RUN, "--set", "engine.concurrency"],
             "--set 'engine.concurrency': expected KEY=VALUE",

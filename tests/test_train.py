@@ -1,11 +1,14 @@
 from pathlib import Path
 
 import pytest
+import torch
 import yaml
+from peft import LoraConfig, get_peft_model
 
+from selflengthen.engine.models import resolve_model
 from selflengthen.errors import SelflengthenError
 from selflengthen.train.roles import effective_recipe
-from selflengthen.train.sft import check_recipe, parser
+from selflengthen.train.sft import check_recipe, load_model, parser
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
 
@@ -57,3 +60,68 @@ def test_trl_parses_the_cpu_recipe_as_the_loop_runs_it(tmp_path: Path) -> None:
         model.use_peft and model.lora_target_modules == ["all-linear"]
     ) or model.lora_target_modules == "all-linear"
     assert script.dataset_name == "data" and continuation.previous_adapter == "prev"
+
+
+def _parsed(tmp_path: Path, recipe: str) -> tuple:
+    path = tmp_path / "sft.yaml"
+    path.write_text(recipe)
+    check_recipe(path)
+    _, training, model_args, _ = parser().parse_args_and_config(
+        ["--config", str(path), "--model_name_or_path", resolve_model("smollm2-135m").source,
+         "--dataset_name", "data", "--output_dir", str(tmp_path / "out"), "--use_cpu", "true"]
+    )  # fmt: skip
+    return model_args, training
+
+
+def test_the_model_is_loaded_as_trl_loads_it(tmp_path: Path) -> None:
+    model_args, training = _parsed(
+        tmp_path,
+        "use_peft: true\ndtype: bfloat16\nattn_implementation: eager\n"
+        "model_init_kwargs: {use_cache: false}\n",
+    )
+    model = load_model(model_args, training)
+    assert model.dtype == torch.bfloat16
+    assert model.config._attn_implementation == "eager"
+    assert model.config.use_cache is False
+
+
+def test_continuing_puts_the_previous_adapter_on_the_model_trainable(tmp_path: Path) -> None:
+    model_args, training = _parsed(tmp_path, "use_peft: true\ndtype: float32\n")
+    adapter = tmp_path / "adapter"
+    first = get_peft_model(load_model(model_args, training), LoraConfig(r=4, target_modules=["q_proj"]))
+    with torch.no_grad():
+        for name, weight in first.named_parameters():
+            if "lora_B" in name:
+                weight.fill_(0.5)  # a trained adapter: B is no longer zero
+    first.save_pretrained(adapter)
+    continued = load_model(model_args, training, str(adapter))
+    trainable = {name: weight for name, weight in continued.named_parameters() if weight.requires_grad}
+    assert trainable and all("lora_" in name for name in trainable)
+    assert all(bool((weight == 0.5).all()) for name, weight in trainable.items() if "lora_B" in name)
+
+
+def test_quantization_in_the_recipe_is_not_dropped(tmp_path: Path) -> None:
+    """`load_in_4bit` reaches transformers as a quantization config: without bitsandbytes (as
+    here) loading fails, instead of training in full precision."""
+    model_args, training = _parsed(tmp_path, "use_peft: true\nload_in_4bit: true\n")
+    with pytest.raises((ImportError, ValueError, RuntimeError), match=r"(?i)bitsandbytes"):
+        load_model(model_args, training)
+
+
+@pytest.mark.parametrize(
+    ("line", "message"),
+    [
+        ("output_dir: out", "output_dir: selflengthen sets it for each role"),
+        ("model_name_or_path: Qwen/Qwen2-7B-Instruct", "model_name_or_path: selflengthen sets it"),
+        ("eval_strategy: steps", "eval_strategy: only 'no' is supported"),
+        ("resume_from_checkpoint: out/checkpoint-10", "resume_from_checkpoint: only None is supported"),
+        ("dataset_streaming: true", "dataset_streaming: only False is supported"),
+    ],
+)
+def test_a_recipe_key_that_cannot_be_honoured_is_refused(tmp_path: Path, line: str, message: str) -> None:
+    recipe = tmp_path / "sft.yaml"
+    recipe.write_text(f"use_peft: true\n{line}\n")
+    with pytest.raises(SelflengthenError, match=f"sft.yaml: {message}"):
+        check_recipe(recipe)
+    recipe.write_text("use_peft: true\neval_strategy: 'no'\n")  # the value it can honour is fine
+    check_recipe(recipe)

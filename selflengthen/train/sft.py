@@ -3,7 +3,10 @@
 The recipe is the YAML that TRL's own parser reads (`ScriptArguments`, `SFTConfig` and
 `ModelConfig` keys, so `trl sft --config recipe.yaml` runs it too). On top of TRL's keys this
 entry point takes `--previous_adapter DIR`: continue training that LoRA adapter (the previous
-macro-iteration's) on the base model instead of starting a new one. It runs as is under
+macro-iteration's) on the base model instead of starting a new one. The model is loaded as
+TRL's script loads it (`load_model`: dtype, attention, `model_init_kwargs`, 4/8-bit
+quantization), and a recipe key this entry point cannot honour is refused by `check_recipe`
+before any work. It runs as is under
 `accelerate launch` (multi-GPU, DeepSpeed ZeRO-3). The main process writes `train_result.json`
 (final loss, steps, the loss log) beside the saved adapter.
 """
@@ -14,6 +17,7 @@ import dataclasses
 import json
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import yaml
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
@@ -29,8 +33,18 @@ class ContinuationArguments:
 
 
 _ARGUMENT_TYPES = (ScriptArguments, SFTConfig, ModelConfig, ContinuationArguments)
-#: Keys the loop sets for each role; a recipe may leave them out.
+#: Keys the loop sets for each role (its values would replace the recipe's).
 LOOP_KEYS = ("model_name_or_path", "dataset_name", "output_dir", "previous_adapter")
+#: Keys of TRL's script that this entry point cannot honour, with the only value it can, and why.
+_FIXED_KEYS: dict[str, tuple[object, str]] = {
+    "eval_strategy": ("no", "each role's SFT data has a train split only"),
+    "dataset_test_split": ("test", "each role's SFT data has a train split only"),
+    "dataset_train_split": ("train", "the loop writes each role's SFT data as its train split"),
+    "dataset_config": (None, "the loop writes each role's SFT data without a config name"),
+    "dataset_streaming": (False, "the SFT data is a local parquet folder, read whole"),
+    "resume_from_checkpoint": (None, "a killed training starts again from scratch"),
+    "ignore_bias_buffers": (False, "TRL's SFT script does not use it either"),
+}
 
 
 def parser() -> TrlParser:
@@ -38,8 +52,9 @@ def parser() -> TrlParser:
 
 
 def check_recipe(path: Path) -> None:
-    """Fail before any work when the recipe is not a YAML mapping of keys TRL's parser knows
-    (values are checked by TRL when training starts)."""
+    """Fail before any work when the recipe is not a YAML mapping of keys TRL's parser knows,
+    sets a key the loop sets itself, or asks for what this entry point cannot do (values are
+    otherwise checked by TRL when training starts)."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
@@ -50,6 +65,12 @@ def check_recipe(path: Path) -> None:
     unknown = sorted(set(data) - known)
     if unknown:
         raise SelflengthenError(f"{path}: {unknown[0]}: not an argument of TRL's SFT script")
+    for key in LOOP_KEYS:
+        if key in data:
+            raise SelflengthenError(f"{path}: {key}: selflengthen sets it for each role; remove it")
+    for key, (value, why) in _FIXED_KEYS.items():
+        if key in data and data[key] != value:
+            raise SelflengthenError(f"{path}: {key}: only {value!r} is supported ({why})")
     if data.get("use_peft") is not True:
         raise SelflengthenError(
             f"{path}: use_peft: must be true (each role is trained as a LoRA adapter, which is merged "
@@ -57,31 +78,54 @@ def check_recipe(path: Path) -> None:
         )
 
 
+def load_model(model_args: ModelConfig, training: SFTConfig, previous_adapter: str | None = None) -> Any:
+    """The model to train, loaded as TRL's `trl sft` script loads it: `ModelConfig`'s revision,
+    attention implementation and dtype, `SFTConfig.model_init_kwargs` over them, and the
+    quantization `load_in_4bit`/`load_in_8bit` ask for (through TRL's own helpers). With
+    `previous_adapter`, that LoRA adapter is put on the model, trainable; otherwise the trainer
+    adds a new one from the recipe's LoRA keys."""
+    from peft import PeftModel
+    from trl import get_quantization_config
+    from trl.trainer.utils import create_model_from_path
+
+    kwargs: dict[str, Any] = {
+        "revision": model_args.model_revision,
+        "trust_remote_code": training.trust_remote_code,
+        "attn_implementation": model_args.attn_implementation,
+        "dtype": model_args.dtype,
+    }
+    kwargs |= training.model_init_kwargs or {}
+    quantization = get_quantization_config(model_args)
+    if quantization is not None:
+        if "quantization_config" in kwargs:
+            raise SelflengthenError(
+                "model_init_kwargs.quantization_config: set quantization either there or with "
+                "load_in_4bit/load_in_8bit, not both"
+            )
+        kwargs["quantization_config"] = quantization
+    if training.distributed_state.distributed_type in ("MULTI_GPU", "DEEPSPEED"):
+        kwargs["device_map"] = None  # as TRL does: each process holds its own copy or shard
+    model = create_model_from_path(model_args.model_name_or_path, **kwargs)
+    if previous_adapter:
+        model = PeftModel.from_pretrained(model, previous_adapter, is_trainable=True)
+    return model
+
+
 def main(argv: list[str] | None = None) -> None:
     script, training, model_args, continuation = parser().parse_args_and_config(argv)
 
-    import torch
     from datasets import load_dataset
-    from peft import PeftModel
-    from transformers import AutoModelForCausalLM, AutoTokenizer
+    from transformers import AutoTokenizer
     from trl import SFTTrainer, get_peft_config
 
-    dtype = model_args.dtype if model_args.dtype in (None, "auto") else getattr(torch, model_args.dtype)
-    model = AutoModelForCausalLM.from_pretrained(
+    model = load_model(model_args, training, continuation.previous_adapter)
+    training.model_init_kwargs = None  # used by load_model; the trainer gets the model itself
+    tokenizer = AutoTokenizer.from_pretrained(
         model_args.model_name_or_path,
         revision=model_args.model_revision,
-        dtype=dtype if dtype is not None else "auto",
-        attn_implementation=model_args.attn_implementation,
         trust_remote_code=training.trust_remote_code,
     )
-    tokenizer = AutoTokenizer.from_pretrained(
-        model_args.model_name_or_path, trust_remote_code=training.trust_remote_code
-    )
-    peft_config = None
-    if continuation.previous_adapter:
-        model = PeftModel.from_pretrained(model, continuation.previous_adapter, is_trainable=True)
-    else:
-        peft_config = get_peft_config(model_args)
+    peft_config = None if continuation.previous_adapter else get_peft_config(model_args)
     dataset = load_dataset(script.dataset_name, name=script.dataset_config)
     train_split = dataset[script.dataset_train_split].select_columns(["messages"])
     trainer = SFTTrainer(
