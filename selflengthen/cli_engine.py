@@ -32,14 +32,14 @@ def _option(kind: Any, default: Any, help_text: str, panel: str, *flags: str) ->
 
 #: The options of a run config that a step command offers as flags, in --help's order: each is
 #: declared once, with its type, default, limits and help, in `selflengthen.config`; the CLI
-#: derives its flags from there. (`host`, `enforce_eager` and `slurm` are config-only; `vllm_args`
+#: derives its flags from there. (`host`, `enforce_eager`, `slurm` and `ray` are config-only; `vllm_args`
 #: is the repeatable `--vllm-arg`.)
 _FROM_CONFIG: list[tuple[str, type[BaseModel], str, str]] = [
     ("model", RunConfig, "--model", _PANEL_ENGINE),
     *[
         (name, EngineSection, "--vllm-arg" if name == "vllm_args" else flag_name(name), _PANEL_ENGINE)
         for name in EngineSection.model_fields
-        if name not in ("host", "enforce_eager", "slurm")
+        if name not in ("host", "enforce_eager", "slurm", "ray")
     ],
     *[(name, SamplingSection, flag_name(name), _PANEL_SAMPLING) for name in SamplingSection.model_fields],
     ("seed", RunConfig, "--seed", _PANEL_SAMPLING),

@@ -18,6 +18,7 @@ from selflengthen.engine.options import (
     DEFAULT_MAX_TOKENS,
     PAPER_SAMPLING,
     EngineOptions,
+    RayOptions,
     SamplingOptions,
     SlurmOptions,
     context_problem,
@@ -55,6 +56,19 @@ class SlurmSection(_Section):
         )
 
 
+class RaySection(_Section):
+    """Generation on a Ray cluster (see `RayOptions`)."""
+
+    address: str | None = None
+    tasks: Positive = 1
+    gpus_per_task: Annotated[int, Field(ge=0)] = 1
+    cpus_per_task: Positive = 8
+    mem_per_cpu_gb: Annotated[float, Field(gt=0)] = 8.0
+
+    def options(self) -> RayOptions:
+        return RayOptions(**self.model_dump())
+
+
 class EngineSection(_Section):
     """How the loop serves its models with vLLM (see `EngineOptions`); the model is set per role.
     No endpoint here: each iteration serves the roles trained by the previous one."""
@@ -87,6 +101,13 @@ class EngineSection(_Section):
     ] = 900.0
     concurrency: Annotated[Positive, Field(description="Requests in flight at once.")] = 64
     slurm: SlurmSection | None = None
+    ray: RaySection | None = None
+
+    @model_validator(mode="after")
+    def _one_cluster(self) -> EngineSection:
+        if self.slurm is not None and self.ray is not None:
+            raise ValueError("slurm and ray are two ways to run generation; choose one")
+        return self
 
     @field_validator("vllm_args")
     @classmethod
@@ -96,9 +117,10 @@ class EngineSection(_Section):
         return arguments
 
     def options(self, model: str) -> EngineOptions:
-        fields = self.model_dump(exclude={"vllm_args", "slurm"})
+        fields = self.model_dump(exclude={"vllm_args", "slurm", "ray"})
         slurm = self.slurm.options() if self.slurm else None
-        return EngineOptions(model=model, vllm_args=tuple(self.vllm_args), slurm=slurm, **fields)
+        ray = self.ray.options() if self.ray else None
+        return EngineOptions(model=model, vllm_args=tuple(self.vllm_args), slurm=slurm, ray=ray, **fields)
 
 
 class SamplingSection(_Section):

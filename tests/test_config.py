@@ -148,3 +148,18 @@ def test_recipe_check_names_an_unknown_trl_key(tmp_path: Path) -> None:
         SelflengthenError, match=r"sft.yaml: warmup_ratio: not an argument of TRL's SFT script"
     ):
         check_recipe(recipe)
+
+
+def test_engine_ray_becomes_ray_options_and_excludes_slurm(tmp_path: Path) -> None:
+    ray = {"address": "ray://head:10001", "tasks": 4, "gpus_per_task": 2, "cpus_per_task": 16}
+    options = load_config(write_config(tmp_path, {"engine": {"ray": ray}})).engine.options("m")
+    assert options.ray is not None and options.slurm is None and options.on_cluster
+    assert (options.ray.address, options.ray.tasks, options.ray.gpus_per_task) == ("ray://head:10001", 4, 2)
+    assert options.ray.mem_per_cpu_gb == 8.0
+    both = {"engine": {"ray": ray, "slurm": {"partition": "gpu"}}}
+    with pytest.raises(SelflengthenError, match=r"engine: .*slurm and ray are two ways to run generation"):
+        load_config(write_config(tmp_path, both))
+    with pytest.raises(
+        SelflengthenError, match=r"engine.ray.tasks: Input should be greater than or equal to 1"
+    ):
+        load_config(write_config(tmp_path, {"engine": {"ray": {"tasks": 0}}}))

@@ -8,7 +8,7 @@ from selflengthen.cli_engine import _SHARED
 from selflengthen.config import EngineSection, RunConfig, SamplingSection
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 
-CONFIG_ONLY = {"host", "enforce_eager", "slurm"}  # a run's own server; Slurm is a run's
+CONFIG_ONLY = {"host", "enforce_eager", "slurm", "ray"}  # a run's own server; clusters are a run's
 FLAG_NAMES = {"vllm_args": "vllm_arg"}
 
 

@@ -22,14 +22,14 @@ from typing import Any
 
 import polars as pl
 from datatrove.data import Document
-from datatrove.executor import LocalPipelineExecutor, SlurmPipelineExecutor
+from datatrove.executor import LocalPipelineExecutor, RayPipelineExecutor, SlurmPipelineExecutor
 from datatrove.pipeline.filters.base_filter import BaseFilter
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult, ServerError
 from datatrove.pipeline.writers import JsonlWriter
 from tqdm.auto import tqdm
 
 from selflengthen.engine.models import ResolvedModel, prepare_embedded_model
-from selflengthen.engine.options import EngineOptions, SamplingOptions, SlurmOptions
+from selflengthen.engine.options import EngineOptions, RayOptions, SamplingOptions, SlurmOptions
 from selflengthen.engine.server import ENDPOINT_READY_SECONDS, SelflengthenInferenceRunner, inference_config
 from selflengthen.engine.streaming import EARLY_STOP, REQUEST_WATCH
 from selflengthen.errors import SelflengthenError, ServerFailed
@@ -344,10 +344,12 @@ def run_inference(
     )
     pipeline = [partial(shard_documents, documents), runner]
     try:
-        if engine.slurm is None:
-            LocalPipelineExecutor(pipeline=pipeline, tasks=1, logging_dir=str(work / "logs")).run()
-        else:
+        if engine.slurm is not None:
             run_on_slurm(slurm_executor(pipeline, engine.slurm, work, folder.root.name), engine.slurm)
+        elif engine.ray is not None:
+            run_on_ray(ray_executor(pipeline, engine.ray, work), engine.ray)
+        else:
+            LocalPipelineExecutor(pipeline=pipeline, tasks=1, logging_dir=str(work / "logs")).run()
     except ServerError as error:
         if engine.server_pid is not None:
             raise ServerFailed(
@@ -416,6 +418,33 @@ def run_on_slurm(executor: SlurmPipelineExecutor, options: SlurmOptions) -> None
             time.sleep(options.poll_seconds)
         bar.n = executor.world_size
         bar.refresh()
+
+
+def ray_executor(pipeline: list[Any], options: RayOptions, work: Path) -> RayPipelineExecutor:
+    """datatrove's Ray executor for a step: one Ray task per shard of the documents."""
+    return RayPipelineExecutor(
+        pipeline=pipeline,
+        tasks=options.tasks,
+        cpus_per_task=options.cpus_per_task,
+        gpus_per_task=options.gpus_per_task,
+        mem_per_cpu_gb=options.mem_per_cpu_gb,
+        logging_dir=str(work / "logs"),
+    )
+
+
+def run_on_ray(executor: RayPipelineExecutor, options: RayOptions) -> None:
+    """Join the Ray cluster (or start a local runtime), run the tasks that are not complete yet
+    and wait for them; tasks left unfinished are an error (rerun to resume)."""
+    import ray
+
+    if not ray.is_initialized():
+        ray.init(address=options.address, include_dashboard=False, log_to_driver=False)
+    executor.run()
+    if still := executor.get_incomplete_ranks():
+        raise SelflengthenError(
+            f"Ray: {len(still)} of {executor.world_size} tasks unfinished (logs in "
+            f"{executor.logging_dir.path}); rerun to resume"
+        )
 
 
 def _job_queued(job_id: str | int | None) -> bool:

@@ -120,6 +120,21 @@ class SlurmOptions:
 
 
 @dataclass(frozen=True)
+class RayOptions:
+    """Run a step's generation as Ray tasks through datatrove's `RayPipelineExecutor`: each of
+    `tasks` tasks starts vLLM where Ray places it and answers every `tasks`-th document; the
+    calling process joins the Ray cluster at `address` (`None`: the one `RAY_ADDRESS` names,
+    else a new Ray runtime on this machine), waits for the tasks, and then writes the step's
+    output. A rerun skips the tasks that completed."""
+
+    address: str | None = None
+    tasks: int = 1
+    gpus_per_task: int = 1
+    cpus_per_task: int = 8
+    mem_per_cpu_gb: float = 8.0
+
+
+@dataclass(frozen=True)
 class EngineOptions:
     """How to reach a model: launch a vLLM server for `model`, or use a running `endpoint`.
 
@@ -139,6 +154,7 @@ class EngineOptions:
         startup_timeout: seconds to wait for the server to answer before giving up.
         concurrency: requests in flight at once.
         slurm: run generation as a Slurm job array instead of on this machine.
+        ray: run generation as Ray tasks instead of on this machine (not with `slurm`).
         server_pid: set when `endpoint` is a vLLM server this process started (the loop's and
             eval's shared server): its process is watched, so that a step stops at once when it
             dies instead of retrying requests against a dead port.
@@ -159,6 +175,7 @@ class EngineOptions:
     startup_timeout: float = 900.0
     concurrency: int = 64
     slurm: SlurmOptions | None = None
+    ray: RayOptions | None = None
     server_pid: int | None = None
 
     def __post_init__(self) -> None:
@@ -180,8 +197,16 @@ class EngineOptions:
             raise SelflengthenError(f"--port: not a TCP port: {self.port}")
         if problem := secret_flag_problem(self.vllm_args):
             raise SelflengthenError(f"--vllm-arg: {problem}")
+        if self.slurm is not None and self.ray is not None:
+            raise SelflengthenError("engine: slurm and ray are two ways to run generation; choose one")
         if self.api_key_env and self.api_key_env not in os.environ:
             raise SelflengthenError(f"--api-key-env: the environment variable {self.api_key_env} is not set")
+
+    @property
+    def on_cluster(self) -> bool:
+        """Whether each task of a step starts its own vLLM server on a cluster node (Slurm, Ray)
+        instead of one server on this machine."""
+        return self.slurm is not None or self.ray is not None
 
     def api_key(self) -> str | None:
         """The endpoint's API key, read from the environment at the last moment (never stored)."""

@@ -48,7 +48,7 @@ class SharedServer:
         self.log: Path | None = None
 
     def engine_for(self, model: ResolvedModel) -> EngineOptions:
-        if self.engine.slurm is not None:  # every Slurm task serves the model on its own node
+        if self.engine.on_cluster:  # every Slurm or Ray task serves the model on its own node
             return dataclasses.replace(self.engine, model=model.source)
         if self.model != model or not self.alive():
             self.stop()

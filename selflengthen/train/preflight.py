@@ -110,10 +110,10 @@ def check_training(train: TrainSection, recipe: dict[str, Any], gpus: int, name:
 
 
 def check_engine(engine: EngineSection, gpus: int) -> None:
-    """A local vLLM server needs tensor_parallel_size × data_parallel_size GPUs (a Slurm job
-    gets its own: not checked here)."""
+    """A local vLLM server needs tensor_parallel_size × data_parallel_size GPUs (Slurm and Ray
+    tasks get their own: not checked here)."""
     wanted = engine.tensor_parallel_size * engine.data_parallel_size
-    if engine.slurm is None and wanted > 1 and wanted > gpus:
+    if engine.slurm is None and engine.ray is None and wanted > 1 and wanted > gpus:
         raise SelflengthenError(
             f"engine.tensor_parallel_size × engine.data_parallel_size: {engine.tensor_parallel_size} × "
             f"{engine.data_parallel_size} = {wanted} GPUs per server, but {gpus} are visible"
