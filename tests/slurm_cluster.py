@@ -10,6 +10,7 @@ points `sbatch`, `squeue` and datatrove's executor at it.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import socket
@@ -93,6 +94,7 @@ def local_slurm(folder: Path) -> Iterator[dict[str, str]]:
     conf.write_text(_config(folder))
     environment = os.environ | {"SLURM_CONF": str(conf)}
     _start_munge()
+    started = time.time()
     daemons = [
         subprocess.Popen(
             [name, "-D", "-f", str(conf)],
@@ -125,6 +127,10 @@ def local_slurm(folder: Path) -> Iterator[dict[str, str]]:
                 daemon.wait(timeout=30)
             except subprocess.TimeoutExpired:
                 daemon.kill()
+        for process in psutil.process_iter(["name", "create_time"]):  # job steps slurmd left behind
+            if process.info["name"] == "slurmstepd" and process.info["create_time"] >= started:
+                with contextlib.suppress(psutil.NoSuchProcess):
+                    process.kill()
 
 
 if __name__ == "__main__":

@@ -2,7 +2,7 @@
 single-node Slurm cluster (`tests/slurm_cluster.py`) and a real Ray runtime, both on 127.0.0.1,
 each step split into 2 tasks that each serve the model themselves.
 
-Not in the default test run (~15 minutes on 2 cores; Slurm needs root and Debian's `slurm-wlm`
+Not in the default test run (~5 minutes on 2 cores; Slurm needs root and Debian's `slurm-wlm`
 and `munge`): `sudo apt-get install slurm-wlm munge`, then `.venv/bin/python -m pytest -m cluster`.
 """
 
@@ -85,9 +85,12 @@ def test_generate_through_slurm_equals_the_local_run(local_rows: pl.DataFrame, t
 
 
 @pytest.fixture
-def ray_head() -> Iterator[str]:
+def ray_head(monkeypatch: pytest.MonkeyPatch) -> Iterator[str]:
     """A Ray head node on 127.0.0.1, in its own process group and temp folder (a short path:
-    Ray's socket paths must fit 107 bytes); the group is killed afterwards."""
+    Ray's socket paths must fit 107 bytes); the group is killed afterwards. Token
+    authentication is off for this private test cluster, in the head and in this process
+    (otherwise a token left in ~/.ray by an earlier Ray would decide)."""
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     temp = Path(tempfile.mkdtemp(prefix="sl-ray-"))
     port = free_port("127.0.0.1")
     head = subprocess.Popen(

@@ -52,6 +52,13 @@ def die_with_parent() -> None:
         _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
 
 
+def _own_group_dying_with_parent() -> None:
+    """In a vLLM server between fork and exec: lead a process group of its own (so that its
+    engine processes can be ended together) and die with its parent."""
+    os.setpgid(0, 0)
+    die_with_parent()
+
+
 def kill_process_group(leader: int) -> None:
     """SIGKILL what is left of the process group `leader` started: a vLLM server's engine core
     and workers live on (holding their memory) when the server process itself is killed."""
@@ -193,8 +200,8 @@ class LocalVLLMServer(StreamedRequests, VLLMServer):
             stdout=asyncio.subprocess.PIPE,
             stderr=asyncio.subprocess.PIPE,
             env=server_environment(),
-            preexec_fn=die_with_parent,
-            process_group=0,  # its own group, so that `server_cleanup` can end its engine processes
+            # uvloop (datatrove's Ray tasks run on it) has no `process_group`: the preexec does both.
+            preexec_fn=_own_group_dying_with_parent,
         )
 
     async def server_cleanup(self) -> None:
