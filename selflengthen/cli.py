@@ -354,8 +354,7 @@ def run_command(
     from selflengthen.train.preflight import preflight
     from selflengthen.train.sft import check_recipe  # imports TRL (seconds): after the quick checks
 
-    check_recipe(run_config.train.recipe)
-    preflight(run_config)
+    preflight(run_config, check_recipe(run_config.train.recipe))
     summary = run_loop(run_config, selected, from_step, verbose=_state["verbose"])
     with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, tbl_width_chars=200):
         typer.echo(summary_table(summary))

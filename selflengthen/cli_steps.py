@@ -137,8 +137,7 @@ def train_command(
         },
         flags=flags,
     )
-    check_recipe(settings.recipe)
-    recipe_settings = yaml.safe_load(settings.recipe.read_text(encoding="utf-8"))
+    recipe_settings = check_recipe(settings.recipe)
     check_training(settings, recipe_settings, visible_gpus(), lambda key: flags.get(key, flag_name(key)))
     base = resolve_model(model).source
     launch = Launch(

@@ -109,6 +109,11 @@ class EngineSection(_Section):
             raise ValueError("slurm and ray are two ways to run generation; choose one")
         return self
 
+    @property
+    def on_cluster(self) -> bool:
+        """Whether generation runs on Slurm or Ray, each task serving its own model."""
+        return self.slurm is not None or self.ray is not None
+
     @field_validator("vllm_args")
     @classmethod
     def _no_secrets(cls, arguments: list[str]) -> list[str]:

@@ -174,7 +174,7 @@ def check_before_run(config: RunConfig) -> None:
     section = config.self_instruct
     seed_instructions(section.seeds, section.seed_language, "self_instruct.seed_language")
     resolve_model(config.model, prepare=False)
-    if config.engine.port is not None and config.engine.slurm is None and config.engine.ray is None:
+    if config.engine.port is not None and not config.engine.on_cluster:
         check_port_free(config.engine.host, config.engine.port, "engine.port")
     require_folder(config.folder, "run_dir")
     check_run_folder(config, config.folder)

@@ -33,11 +33,11 @@ def find_character_loop(
     A stretch `text[i:j]` repeats a unit of `p` characters when `text[k] == text[k - p]` for
     every `k` in `[i + p, j)`; it is found with one vectorised comparison per period.
     """
+    if len(text) <= max_chars:
+        return None
     points = codepoints(text)
     first_end, found = len(text) + 1, None
     for period in range(1, max_period + 1):
-        if len(points) <= max_chars:
-            break
         same = np.concatenate(([False], points[period:] == points[:-period], [False]))
         edges = np.flatnonzero(same[1:] != same[:-1])
         for start, end in zip(edges[0::2].tolist(), edges[1::2].tolist(), strict=True):

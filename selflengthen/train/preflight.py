@@ -113,7 +113,7 @@ def check_engine(engine: EngineSection, gpus: int) -> None:
     """A local vLLM server needs tensor_parallel_size × data_parallel_size GPUs (Slurm and Ray
     tasks get their own: not checked here)."""
     wanted = engine.tensor_parallel_size * engine.data_parallel_size
-    if engine.slurm is None and engine.ray is None and wanted > 1 and wanted > gpus:
+    if not engine.on_cluster and wanted > 1 and wanted > gpus:
         raise SelflengthenError(
             f"engine.tensor_parallel_size × engine.data_parallel_size: {engine.tensor_parallel_size} × "
             f"{engine.data_parallel_size} = {wanted} GPUs per server, but {gpus} are visible"
@@ -149,9 +149,9 @@ def check_disk(folder: Path, needed: int, what: str) -> None:
         )
 
 
-def preflight(config: RunConfig) -> None:
-    """Every check of what the run's later steps need (see the module docstring)."""
-    recipe = yaml.safe_load(config.train.recipe.read_text(encoding="utf-8"))  # checked by check_recipe
+def preflight(config: RunConfig, recipe: dict[str, Any]) -> None:
+    """Every check of what the run's later steps need (see the module docstring); `recipe` is
+    the training recipe's settings, as `check_recipe` read them."""
     gpus = visible_gpus()
     check_engine(config.engine, gpus)
     check_training(config.train, recipe, gpus)

@@ -51,10 +51,10 @@ def parser() -> TrlParser:
     return TrlParser(_ARGUMENT_TYPES)
 
 
-def check_recipe(path: Path) -> None:
+def check_recipe(path: Path) -> dict[str, Any]:
     """Fail before any work when the recipe is not a YAML mapping of keys TRL's parser knows,
     sets a key the loop sets itself, or asks for what this entry point cannot do (values are
-    otherwise checked by TRL when training starts)."""
+    otherwise checked by TRL when training starts). Returns the recipe's settings."""
     try:
         data = yaml.safe_load(path.read_text(encoding="utf-8"))
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
@@ -76,6 +76,7 @@ def check_recipe(path: Path) -> None:
             f"{path}: use_peft: must be true (each role is trained as a LoRA adapter, which is merged "
             "for serving and continued in the next iteration)"
         )
+    return data
 
 
 def load_model(model_args: ModelConfig, training: SFTConfig, previous_adapter: str | None = None) -> Any:
