@@ -20,9 +20,9 @@ import time
 
 import httpx
 
+from selflengthen.engine.launch import server_environment, vllm_command
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions
-from selflengthen.engine.server import server_environment, vllm_command
 from selflengthen.engine.shared_server import free_port
 
 _LONG = "Tea is a drink with a long history across many countries and cultures. " * 80

@@ -28,9 +28,9 @@ import polars as pl
 
 from selflengthen.builders.step import ResponseWatch
 from selflengthen.config import RunConfig, load_config
+from selflengthen.engine.launch import server_environment, vllm_command
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions
-from selflengthen.engine.server import server_environment, vllm_command
 from selflengthen.engine.shared_server import free_port
 
 _STEPS = {"generate": "initial", "extend": "extended"}

@@ -24,9 +24,9 @@ import polars as pl
 from loguru import logger
 
 from selflengthen.builders.generate import GenerateSettings, run_generate
+from selflengthen.engine.launch import on_gpu, server_environment, vllm_command
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
-from selflengthen.engine.server import on_gpu, server_environment, vllm_command
 from selflengthen.prompts import shipped_seeds
 
 TARGET = 0.85

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import sys
+from collections.abc import Callable
 from enum import StrEnum
 from pathlib import Path
-from typing import Annotated
+from typing import Annotated, Any
 
 import polars as pl
 import typer
@@ -18,7 +19,7 @@ from selflengthen.builders.extend import ExtendSettings, run_extend
 from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
-from selflengthen.builders.step import step_folder
+from selflengthen.builders.step import StepFolder, finished_stats, step_folder
 from selflengthen.cli_engine import with_engine_options
 from selflengthen.cli_steps import (
     ITERATION_OPTION,
@@ -32,6 +33,7 @@ from selflengthen.cli_steps import (
 from selflengthen.config import load_config
 from selflengthen.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
+from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError, describe_os_error
 from selflengthen.filters import (
     CharacterLoopFilter,
@@ -229,6 +231,22 @@ def _report(stats: dict, folder: Path) -> None:
     )
 
 
+def _serve_step(
+    folder: StepFolder,
+    run_dir: Path,
+    engine: EngineOptions,
+    model: ResolvedModel,
+    sampling: SamplingOptions,
+    step: Callable[[EngineOptions], dict[str, Any]],
+) -> dict[str, Any]:
+    """A generation step command's work, served the loop's way: a server started for it (only
+    if the step has not finished), restarted and the step resumed if it dies; or `--endpoint`."""
+    if (stats := finished_stats(folder, sampling)) is not None:
+        return stats
+    with SharedServer(engine, run_dir / "server_logs", sampling.seed) as server:
+        return server.serve(model, step)
+
+
 @app.command("self-instruct")
 @with_engine_options
 def self_instruct_command(
@@ -257,8 +275,12 @@ def self_instruct_command(
     """Grow new long-writing instructions from seed instructions (step 1)."""
     settings = SelfInstructSettings(count=count, max_retries=max_retries, sampling=sampling)
     seed_frame = seed_instructions(seeds, seed_language.value, "--seed-language")
-    stats = run_self_instruct(run_dir, iteration, seed_frame, engine, model, settings)
-    _report(stats, step_folder(run_dir, iteration, "instructions").root)
+    folder = step_folder(run_dir, iteration, "instructions")
+    stats = _serve_step(
+        folder, run_dir, engine, model, sampling,
+        lambda engine: run_self_instruct(run_dir, iteration, seed_frame, engine, model, settings),
+    )  # fmt: skip
+    _report(stats, folder.root)
     if stats["rows_out"] < stats["requested"]:
         typer.echo(f"reached {stats['rows_out']} of {stats['requested']} instructions (see stats.json)")
 
@@ -287,8 +309,12 @@ def generate_command(
             run_dir, iteration, "instructions", "run self-instruct first, or pass --instructions"
         )
     )
-    stats = run_generate(run_dir, iteration, frame, engine, model, settings)
-    _report(stats, step_folder(run_dir, iteration, "initial").root)
+    folder = step_folder(run_dir, iteration, "initial")
+    stats = _serve_step(
+        folder, run_dir, engine, model, sampling,
+        lambda engine: run_generate(run_dir, iteration, frame, engine, model, settings),
+    )  # fmt: skip
+    _report(stats, folder.root)
 
 
 @app.command("extend")
@@ -309,8 +335,12 @@ def extend_command(
     """Lengthen each initial response with the Extender, filter and sample (step 3)."""
     settings = ExtendSettings(rounds, max_retries, min_ratio, sampling)
     initial = previous_step(run_dir, iteration, "initial", "run generate first")
-    stats = run_extend(run_dir, iteration, initial, engine, model, settings)
-    _report(stats, step_folder(run_dir, iteration, "extended").root)
+    folder = step_folder(run_dir, iteration, "extended")
+    stats = _serve_step(
+        folder, run_dir, engine, model, sampling,
+        lambda engine: run_extend(run_dir, iteration, initial, engine, model, settings),
+    )  # fmt: skip
+    _report(stats, folder.root)
 
 
 app.command("build-sft")(build_sft_command)

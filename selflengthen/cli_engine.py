@@ -12,9 +12,10 @@ import typer
 from pydantic import BaseModel
 
 from selflengthen.config import EngineSection, RunConfig, SamplingSection, flag_name, section_from_flags
+from selflengthen.engine.launch import check_port_free
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions, context_problem
-from selflengthen.engine.server import check_endpoint, check_port_free
+from selflengthen.engine.server import check_endpoint
 from selflengthen.errors import SelflengthenError
 
 _PANEL_ENGINE = "Engine"

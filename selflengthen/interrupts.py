@@ -15,7 +15,7 @@ import os
 import signal
 import sys
 
-from selflengthen.engine.server import die_with_parent
+from selflengthen.engine.launch import die_with_parent
 
 _INSTALLED: set[str] = set()
 

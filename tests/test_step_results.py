@@ -13,6 +13,7 @@ from datatrove.data import Document
 
 from selflengthen.builders.step import (
     RESULTS_KEY,
+    GenerationStep,
     Tally,
     finish_step,
     finished_stats,
@@ -58,7 +59,10 @@ def test_stats_count_refused_requests_by_kind_with_one_full_example(tmp_path: Pa
     done = documents(refused=3, answered=5)
     model = ResolvedModel("m", "m", "endpoint")
     frame = pl.DataFrame({"words": [10]})
-    stats = step_stats("generate", 1, 1, frame, "words", done, model, SamplingOptions(), 0.0)
+    step = GenerationStep(
+        "generate", step_folder(tmp_path, 1, "initial"), [], print, lambda _: (frame, {}), 1
+    )
+    stats = step_stats(step, 1, frame, done, model, SamplingOptions(), 0.0)
     assert stats["rejected_attempts"] == {"request_error: context_length": 3}
     assert stats["request_errors"] == {"context_length": {"count": 3, "example": CONTEXT}}
 

@@ -4,10 +4,12 @@ Each round is a two-stage extension of the best text so far. The text is split i
 at blank lines (into lines when that gives two parts or fewer). Stage 1 sends the extend prompt
 with the first half and keeps the first two-thirds of the paragraphs it writes; stage 2 sends the
 extend prompt with the whole current text and the stage-1 text as a trailing assistant message
-that the model continues (`continue_final_message`). A round counts when its result finishes,
-passes the filters and is longer than the best so far (retried up to `max_retries` times). The
-best text is kept only if it passes `GrowthFilter` (more than `min_ratio` × the initial words);
-the kept rows then go through the length-weighted sampler. Output: `iter_<k>/extended/`.
+that the model continues (`continue_final_message`). An attempt counts when its result
+finishes, passes the filters and is longer than the best so far; a round makes up to
+`max_retries` attempts and goes on retrying after a longer result while the row is not yet
+keepable (`grow`). The best text is kept only if it passes `GrowthFilter` (more than `min_ratio`
+× the initial words); the kept rows then go through the length-weighted sampler. Output:
+`iter_<k>/extended/`.
 """
 
 from __future__ import annotations
@@ -15,7 +17,7 @@ from __future__ import annotations
 import dataclasses
 import json
 import re
-import time
+from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -30,17 +32,15 @@ from selflengthen.builders.step import (
     META_COMMENT,
     REPETITION,
     RESULTS_KEY,
+    GenerationStep,
     ResponseWatch,
     StepProgress,
     Tally,
     chat,
-    finish_step,
-    finished_stats,
     rejection,
     response_problem,
-    run_inference,
+    run_step,
     step_folder,
-    step_stats,
     stopped_early,
     word_summary,
 )
@@ -237,40 +237,78 @@ async def extend_once(
     return combined.text
 
 
+@dataclass
+class Growth:
+    """Where a row's extension rounds got to: the best text, its words, the rounds that made it
+    longer and the attempts spent."""
+
+    text: str
+    words: int
+    rounds: int = 0
+    attempts: int = 0
+
+
+async def grow(
+    text: str,
+    settings: ExtendSettings,
+    extend: Callable[[str, int, int], Awaitable[str | None]],
+    tally: Tally,
+) -> Growth:
+    """Up to `settings.rounds` rounds of `extend(text, round_index, attempt)` on the best text.
+
+    A round makes up to `max_retries` attempts on the same text and keeps the longest result
+    that is longer than it. It stops at the first longer result once the row is keepable (more
+    than `min_ratio` × the initial words): retrying a round whose gain would leave the row below
+    the growth filter is where a row that would be dropped becomes one that is kept, while a row
+    already keepable spends no further attempt. The rounds end at the first that grew nothing.
+    """
+    growth = Growth(text, count_words(text))
+    keepable_above = settings.min_ratio * growth.words
+    for round_index in range(settings.rounds):
+        start, start_words = growth.text, growth.words
+        for attempt in range(1, settings.max_retries + 1):
+            growth.attempts += 1
+            candidate = await extend(start, round_index, attempt)
+            if candidate is None:
+                continue
+            words = count_words(candidate)
+            if words <= growth.words:
+                tally.rejections["not_longer"] += 1
+                continue
+            growth.text, growth.words = candidate, words
+            if words > keepable_above:
+                break
+        if growth.words == start_words:
+            break
+        growth.rounds += 1
+    return growth
+
+
 async def extend_rollout(
     document: Document, generate: Any, *, settings: ExtendSettings, progress: StepProgress | None = None
 ) -> dict[str, Any]:
     """Extend one initial response over up to `rounds` rounds (a datatrove rollout function)."""
     tally = Tally()
     instruction, language = document.metadata["instruction"], document.metadata["language"]
+
+    async def extend(text: str, round_index: int, attempt: int) -> str | None:
+        seed_parts = ("extend", document.id, round_index, attempt)
+        return await extend_once(generate, instruction, text, language, settings, seed_parts, tally)
+
     initial_words = count_words(document.text)
-    best, best_words, rounds, attempts = document.text, initial_words, 0, 0
-    for round_index in range(settings.rounds):
-        improved = False
-        for attempt in range(1, settings.max_retries + 1):
-            attempts += 1
-            seed_parts = ("extend", document.id, round_index, attempt)
-            candidate = await extend_once(generate, instruction, best, language, settings, seed_parts, tally)
-            if candidate is None:
-                continue
-            words = count_words(candidate)
-            if words > best_words:
-                best, best_words, rounds, improved = candidate, words, rounds + 1, True
-                break
-            tally.rejections["not_longer"] += 1
-        if not improved:
-            break
-    growth = GrowthFilter(min_ratio=settings.min_ratio, source_words_key="initial_words")
-    kept = rounds > 0 and growth.filter(
-        Document(text=best, id=document.id, metadata={"initial_words": initial_words})
+    growth = await grow(document.text, settings, extend, tally)
+    kept = growth.rounds > 0 and GrowthFilter(min_ratio=settings.min_ratio).filter(
+        Document(text=growth.text, id=document.id, metadata={"initial_words": initial_words})
     )
     if progress is not None:
         progress.document_done(tally)
     return {
-        "extended_response": best if kept is True else None,
-        "rounds": rounds,
-        "attempts": attempts,
-        "failure": None if kept is True else ("no_round_succeeded" if rounds == 0 else "too_little_growth"),
+        "extended_response": growth.text if kept is True else None,
+        "rounds": growth.rounds,
+        "attempts": growth.attempts,
+        "failure": None
+        if kept is True
+        else ("no_round_succeeded" if growth.rounds == 0 else "too_little_growth"),
         "tally": tally.as_dict(),
     }
 
@@ -284,10 +322,6 @@ def run_extend(
     settings: ExtendSettings,
 ) -> dict[str, Any]:
     """Run the step (or return the stats of the finished one) and write `extended/`."""
-    folder = step_folder(run_dir, iteration, "extended")
-    if (stats := finished_stats(folder, settings.sampling)) is not None:
-        return stats
-    started = time.monotonic()
     by_id = {row["id"]: row for row in initial.iter_rows(named=True)}
     documents = [
         Document(
@@ -297,51 +331,50 @@ def run_extend(
         )
         for row in by_id.values()
     ]
-    rollout = partial(extend_rollout, settings=settings)
-    done = run_inference(
-        folder, documents, rollout, engine, model, settings.sampling, f"extend (iter {iteration})"
-    )
-    rows, failures = [], {"no_round_succeeded": 0, "too_little_growth": 0}
     lineage = json.dumps(settings.sampling.lineage())
-    for document in done:
-        for result in document.metadata.get(RESULTS_KEY, []):
-            if result["extended_response"] is None:
-                failures[result["failure"]] += 1
-                continue
-            source = by_id[document.id]
-            rows.append(
-                {
-                    "id": document.id,
-                    "iteration": iteration,
-                    "instruction_id": source["instruction_id"],
-                    "instruction": source["instruction"],
-                    "language": source["language"],
-                    "initial_response": source["response"],
-                    "initial_words": source["words"],
-                    "extended_response": result["extended_response"],
-                    "extended_words": count_words(result["extended_response"]),
-                    "rounds": result["rounds"],
-                    "attempts": result["attempts"],
-                    "finish_reason": "stop",
-                    "model": model.spec,
-                    "sampling": lineage,
-                }
-            )
-    grown = pl.DataFrame(rows, schema=EXTENDED_SCHEMA).sort("id")
-    kept = length_weighted_sample(grown, "extended_words", settings.sampling.seed)
-    stats = step_stats(
+
+    def rows(done: list[Document]) -> tuple[pl.DataFrame, dict[str, Any]]:
+        extended, failures = [], {"no_round_succeeded": 0, "too_little_growth": 0}
+        for document in done:
+            for result in document.metadata.get(RESULTS_KEY, []):
+                if result["extended_response"] is None:
+                    failures[result["failure"]] += 1
+                    continue
+                source = by_id[document.id]
+                extended.append(
+                    {
+                        "id": document.id,
+                        "iteration": iteration,
+                        "instruction_id": source["instruction_id"],
+                        "instruction": source["instruction"],
+                        "language": source["language"],
+                        "initial_response": source["response"],
+                        "initial_words": source["words"],
+                        "extended_response": result["extended_response"],
+                        "extended_words": count_words(result["extended_response"]),
+                        "rounds": result["rounds"],
+                        "attempts": result["attempts"],
+                        "finish_reason": "stop",
+                        "model": model.spec,
+                        "sampling": lineage,
+                    }
+                )
+        grown = pl.DataFrame(extended, schema=EXTENDED_SCHEMA).sort("id")
+        kept = length_weighted_sample(grown, "extended_words", settings.sampling.seed)
+        return kept, {
+            "rows_grown": grown.height,
+            "dropped_by_sampler": grown.height - kept.height,
+            "failed_rows": failures,
+            "initial_words": word_summary(kept["initial_words"].to_list()),
+        }
+
+    step = GenerationStep(
         "extend",
-        iteration,
-        len(documents),
-        kept,
-        "extended_words",
-        done,
-        model,
-        settings.sampling,
-        started,
-        rows_grown=grown.height,
-        dropped_by_sampler=grown.height - kept.height,
-        failed_rows=failures,
-        initial_words=word_summary(kept["initial_words"].to_list()),
+        step_folder(run_dir, iteration, "extended"),
+        documents,
+        partial(extend_rollout, settings=settings),
+        rows,
+        rows_in=len(documents),
+        words_column="extended_words",
     )
-    return finish_step(folder, kept, stats)
+    return run_step(step, iteration, engine, model, settings.sampling)

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import asyncio
 import json
-import time
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -22,16 +21,14 @@ from datatrove.data import Document
 from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.step import (
     RESULTS_KEY,
+    GenerationStep,
     ResponseWatch,
     StepProgress,
     Tally,
     chat,
-    finish_step,
-    finished_stats,
     response_problem,
-    run_inference,
+    run_step,
     step_folder,
-    step_stats,
 )
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
@@ -110,57 +107,51 @@ def run_generate(
     settings: GenerateSettings,
 ) -> dict[str, Any]:
     """Run the step (or return the stats of the finished one) and write `initial/`."""
-    folder = step_folder(run_dir, iteration, "initial")
-    if (stats := finished_stats(folder, settings.sampling)) is not None:
-        return stats
-    started = time.monotonic()
     documents = [
         Document(text=row["instruction"], id=str(row["id"]), metadata={"iteration": iteration})
         for row in instructions.iter_rows(named=True)
     ]
-    rollout = partial(generate_rollout, settings=settings)
-    done = run_inference(
-        folder, documents, rollout, engine, model, settings.sampling, f"generate (iter {iteration})"
-    )
-    rows, failures = [], {"request_error": 0, "retries_exhausted": 0}
     lineage = json.dumps(settings.sampling.lineage())
-    for document in done:
-        language = detect_language(document.text)
-        for result in document.metadata.get(RESULTS_KEY, []):
-            for sample in result["samples"]:
-                if sample["response"] is None:
-                    failures[sample["failure"]] += 1
-                    continue
-                rows.append(
-                    {
-                        "id": f"{document.id}-s{sample['sample']}",
-                        "iteration": iteration,
-                        "instruction_id": document.id,
-                        "instruction": document.text,
-                        "language": language,
-                        "response": sample["response"],
-                        "words": count_words(sample["response"]),
-                        "finish_reason": sample["finish_reason"],
-                        "attempts": sample["attempts"],
-                        "model": model.spec,
-                        "sampling": lineage,
-                    }
-                )
-    accepted = pl.DataFrame(rows, schema=INITIAL_SCHEMA).sort("id")
-    kept = length_weighted_sample(accepted, "words", settings.sampling.seed)
-    stats = step_stats(
+
+    def rows(done: list[Document]) -> tuple[pl.DataFrame, dict[str, Any]]:
+        answers, failures = [], {"request_error": 0, "retries_exhausted": 0}
+        for document in done:
+            language = detect_language(document.text)
+            for result in document.metadata.get(RESULTS_KEY, []):
+                for sample in result["samples"]:
+                    if sample["response"] is None:
+                        failures[sample["failure"]] += 1
+                        continue
+                    answers.append(
+                        {
+                            "id": f"{document.id}-s{sample['sample']}",
+                            "iteration": iteration,
+                            "instruction_id": document.id,
+                            "instruction": document.text,
+                            "language": language,
+                            "response": sample["response"],
+                            "words": count_words(sample["response"]),
+                            "finish_reason": sample["finish_reason"],
+                            "attempts": sample["attempts"],
+                            "model": model.spec,
+                            "sampling": lineage,
+                        }
+                    )
+        accepted = pl.DataFrame(answers, schema=INITIAL_SCHEMA).sort("id")
+        kept = length_weighted_sample(accepted, "words", settings.sampling.seed)
+        return kept, {
+            "samples_requested": len(documents) * settings.samples_per_instruction,
+            "samples_accepted": accepted.height,
+            "dropped_by_sampler": accepted.height - kept.height,
+            "failed_samples": failures,
+        }
+
+    step = GenerationStep(
         "generate",
-        iteration,
-        len(documents),
-        kept,
-        "words",
-        done,
-        model,
-        settings.sampling,
-        started,
-        samples_requested=len(documents) * settings.samples_per_instruction,
-        samples_accepted=accepted.height,
-        dropped_by_sampler=accepted.height - kept.height,
-        failed_samples=failures,
+        step_folder(run_dir, iteration, "initial"),
+        documents,
+        partial(generate_rollout, settings=settings),
+        rows,
+        rows_in=len(documents),
     )
-    return finish_step(folder, kept, stats)
+    return run_step(step, iteration, engine, model, settings.sampling)

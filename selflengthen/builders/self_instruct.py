@@ -13,7 +13,6 @@ from __future__ import annotations
 import dataclasses
 import random
 import re
-import time
 from contextlib import contextmanager
 from dataclasses import dataclass, field
 from functools import partial
@@ -25,15 +24,13 @@ from datatrove.data import Document
 
 from selflengthen.builders.step import (
     RESULTS_KEY,
+    GenerationStep,
     StepProgress,
     Tally,
     chat,
-    finish_step,
-    finished_stats,
     progress_context,
-    run_inference,
+    run_step,
     step_folder,
-    step_stats,
 )
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions, request_seed
@@ -195,10 +192,6 @@ def run_self_instruct(
     settings: SelfInstructSettings,
 ) -> dict[str, Any]:
     """Run the step (or return the stats of the finished one) and write `instructions/`."""
-    folder = step_folder(run_dir, iteration, "instructions")
-    if (stats := finished_stats(folder, settings.sampling)) is not None:
-        return stats
-    started = time.monotonic()
     seed_texts = [str(text) for text in seeds["instruction"].to_list()]
     languages = [detect_language(text) for text in seed_texts]
     choose = random.Random(request_seed(settings.sampling.seed, "self-instruct-languages"))
@@ -206,44 +199,43 @@ def run_self_instruct(
         Document(text="", id=f"i{iteration}-{slot:05d}", metadata={"language": choose.choice(languages)})
         for slot in range(settings.count)
     ]
-    rollout = partial(self_instruct_rollout, settings=settings)
-    context = partial(_pool_context, len(documents), f"self-instruct (iter {iteration})", seed_texts)
-    done = run_inference(folder, documents, rollout, engine, model, settings.sampling, context)
-    rows, seen = [], {normalise(text) for text in seed_texts}
-    duplicates_after_resume = unfilled = 0
-    for document in done:
-        for result in document.metadata.get(RESULTS_KEY, []):
-            instruction = result["instruction"]
-            if instruction is None:
-                unfilled += 1
-            elif normalise(instruction) in seen:  # possible only across a resumed run
-                duplicates_after_resume += 1
-            else:
-                seen.add(normalise(instruction))
-                rows.append(
-                    {
-                        "id": document.id,
-                        "iteration": iteration,
-                        "instruction": instruction,
-                        "language": result["language"],
-                        "words": count_words(instruction),
-                        "attempts": result["attempts"],
-                        "model": model.spec,
-                    }
-                )
-    frame = pl.DataFrame(rows, schema=INSTRUCTION_SCHEMA).sort("id")
-    stats = step_stats(
+
+    def rows(done: list[Document]) -> tuple[pl.DataFrame, dict[str, Any]]:
+        instructions, seen = [], {normalise(text) for text in seed_texts}
+        duplicates_after_resume = unfilled = 0
+        for document in done:
+            for result in document.metadata.get(RESULTS_KEY, []):
+                instruction = result["instruction"]
+                if instruction is None:
+                    unfilled += 1
+                elif normalise(instruction) in seen:  # possible only across a resumed run
+                    duplicates_after_resume += 1
+                else:
+                    seen.add(normalise(instruction))
+                    instructions.append(
+                        {
+                            "id": document.id,
+                            "iteration": iteration,
+                            "instruction": instruction,
+                            "language": result["language"],
+                            "words": count_words(instruction),
+                            "attempts": result["attempts"],
+                            "model": model.spec,
+                        }
+                    )
+        return pl.DataFrame(instructions, schema=INSTRUCTION_SCHEMA).sort("id"), {
+            "requested": settings.count,
+            "unfilled_slots": unfilled,
+            "duplicates_after_resume": duplicates_after_resume,
+        }
+
+    step = GenerationStep(
         "self-instruct",
-        iteration,
-        len(seed_texts),
-        frame,
-        "words",
-        done,
-        model,
-        settings.sampling,
-        started,
-        requested=settings.count,
-        unfilled_slots=unfilled,
-        duplicates_after_resume=duplicates_after_resume,
+        step_folder(run_dir, iteration, "instructions"),
+        documents,
+        partial(self_instruct_rollout, settings=settings),
+        rows,
+        rows_in=len(seed_texts),
+        context=partial(_pool_context, len(documents), f"self-instruct (iter {iteration})", seed_texts),
     )
-    return finish_step(folder, frame, stats)
+    return run_step(step, iteration, engine, model, settings.sampling)

@@ -579,12 +579,57 @@ def refuse_other_settings(folder: Path, before: dict[str, Any], now: dict[str, A
         )
 
 
-def step_stats(
-    step: str,
+@dataclass(frozen=True)
+class GenerationStep:
+    """A generation step as `run_step` runs it.
+
+    Attributes:
+        name: the step's name in stats.json and on its progress bar ("generate").
+        folder: where it writes.
+        documents: one datatrove document per unit of work (an instruction slot, an instruction,
+            an answer to extend).
+        rollout: the datatrove rollout function that works on one document (settings bound).
+        rows: the step's table from the finished documents (its schema, sorted; sampled where
+            the step samples) and the stats only this step has.
+        rows_in: the input rows stats.json reports.
+        words_column: the column whose word counts stats.json summarises.
+        context: a factory of datatrove's shared context for the rollouts (see `run_inference`);
+            `None`: a progress bar.
+    """
+
+    name: str
+    folder: StepFolder
+    documents: list[Document]
+    rollout: Callable[..., Any]
+    rows: Callable[[list[Document]], tuple[pl.DataFrame, dict[str, Any]]]
+    rows_in: int
+    words_column: str = "words"
+    context: Callable[[], Any] | None = None
+
+
+def run_step(
+    step: GenerationStep,
     iteration: int,
-    rows_in: int,
+    engine: EngineOptions,
+    model: ResolvedModel,
+    sampling: SamplingOptions,
+) -> dict[str, Any]:
+    """Run a generation step, or return the stats of the finished one: inference (resuming from
+    its checkpoints), the step's rows, the stats every step writes, then data and stats."""
+    if (stats := finished_stats(step.folder, sampling)) is not None:
+        return stats
+    started = time.monotonic()
+    context = step.context or f"{step.name} (iter {iteration})"
+    done = run_inference(step.folder, step.documents, step.rollout, engine, model, sampling, context)
+    frame, specific = step.rows(done)
+    stats = step_stats(step, iteration, frame, done, model, sampling, started, **specific)
+    return finish_step(step.folder, frame, stats)
+
+
+def step_stats(
+    step: GenerationStep,
+    iteration: int,
     output: pl.DataFrame,
-    words_column: str,
     done: list[Document],
     model: ResolvedModel,
     sampling: SamplingOptions,
@@ -597,9 +642,9 @@ def step_stats(
     totals, rejections, stopped_early = sum_tallies(done)
     examples = request_error_examples(done)
     return {
-        "step": step,
+        "step": step.name,
         "iteration": iteration,
-        "rows_in": rows_in,
+        "rows_in": step.rows_in,
         **specific,
         "rows_out": output.height,
         **totals,
@@ -609,7 +654,7 @@ def step_stats(
             kind: {"count": rejections[f"{REQUEST_ERROR}: {kind}"], "example": example}
             for kind, example in examples.items()
         },
-        "words": word_summary(output[words_column].to_list()),
+        "words": word_summary(output[step.words_column].to_list()),
         "model": model.spec,
         "sampling": sampling.lineage(),
         "seconds": round(time.monotonic() - started, 1),

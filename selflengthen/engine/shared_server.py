@@ -1,15 +1,17 @@
-"""One vLLM server shared by consecutive steps that use the same model.
+"""The one owner of the vLLM servers we launch: it starts a server, waits until it answers,
+notices when it dies and stops it.
 
-The step commands let datatrove's InferenceRunner start and stop a server per step. The loop
-runs several steps on the same model in a row (iteration 1 uses the base model for all of
-them), so it starts the server once, keeps it while the model stays the same, and has each step
-talk to it as an endpoint. Starting a server takes ~40 s on a CPU and minutes for a 7B model on
-GPUs; this saves one start per step that reuses it.
+The loop runs several steps on the same model in a row (iteration 1 uses the base model for all
+of them), so it starts the server once, keeps it while the model stays the same, and has each
+step talk to it as an endpoint; starting a server takes ~40 s on a CPU and minutes for a 7B
+model on GPUs. A step command and `eval` use it the same way; each Slurm or Ray task starts one
+through it on its node (`server.TaskServer`).
 """
 
 from __future__ import annotations
 
 import dataclasses
+import os
 import socket
 import subprocess
 import time
@@ -19,9 +21,9 @@ from typing import TypeVar
 
 import httpx
 
+from selflengthen.engine.launch import die_with_parent, kill_process_group, server_environment, vllm_command
 from selflengthen.engine.models import ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions
-from selflengthen.engine.server import die_with_parent, kill_process_group, server_environment, vllm_command
 from selflengthen.errors import SelflengthenError, ServerFailed
 
 _POLL_SECONDS = 2.0
@@ -38,7 +40,8 @@ def free_port(host: str) -> int:
 
 class SharedServer:
     """Serves one model at a time; `engine_for(model)` starts (or reuses) its server and returns
-    engine options that point the steps at it."""
+    engine options that point the steps at it. With an `endpoint` (the user's server) or on a
+    cluster (each task serves itself) it starts nothing. A context manager that stops its server."""
 
     def __init__(self, engine: EngineOptions, log_folder: Path, seed: int) -> None:
         self.engine, self.log_folder, self.seed = engine, log_folder, seed
@@ -48,11 +51,12 @@ class SharedServer:
         self.log: Path | None = None
 
     def engine_for(self, model: ResolvedModel) -> EngineOptions:
-        if self.engine.on_cluster:  # every Slurm or Ray task serves the model on its own node
+        if self.engine.endpoint or self.engine.on_cluster:
             return dataclasses.replace(self.engine, model=model.source)
         if self.model != model or not self.alive():
             self.stop()
-            self._start(model)
+            self.launch(model)
+            self.wait_until_ready()
         assert self.process is not None
         return dataclasses.replace(
             self.engine, model=model.source, endpoint=f"{self.url}/v1", port=None, server_pid=self.process.pid
@@ -82,13 +86,15 @@ class SharedServer:
     def alive(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def _start(self, model: ResolvedModel) -> None:
+    def launch(self, model: ResolvedModel) -> None:
+        """Start `model`'s server (`wait_until_ready` waits for it to answer)."""
         if model.kind == "embedded":
             prepare_embedded_model(model.spec)
         port = self.engine.port or free_port(self.engine.host)
         command = vllm_command(self.engine, model.source, port, self.seed)
         self.log_folder.mkdir(parents=True, exist_ok=True)
-        log = self.log = self.log_folder / f"vllm-{time.strftime('%Y%m%d-%H%M%S')}.log"
+        stamp = time.strftime("%Y%m%d-%H%M%S")
+        log = self.log = self.log_folder / f"vllm-{stamp}-{os.getpid()}.log"
         print(f"starting vLLM for {model.spec} (log: {log})", flush=True)
         with log.open("wb") as stream:
             self.process = subprocess.Popen(
@@ -100,11 +106,17 @@ class SharedServer:
                 process_group=0,  # its own group, so that `stop` can end its engine processes
             )
         self.model, self.url = model, f"http://{self.engine.host}:{port}"
+
+    def wait_until_ready(self) -> None:
+        """Wait until the launched server answers; stop it and raise a one-line error if it
+        exits or does not answer within `engine.startup_timeout`."""
+        assert self.model is not None
+        spec, log = self.model.spec, self.log
         deadline = time.monotonic() + self.engine.startup_timeout
         while time.monotonic() < deadline:
             if not self.alive():
                 self.stop()
-                raise SelflengthenError(f"model {model.spec}: the vLLM server exited at start (log: {log})")
+                raise SelflengthenError(f"model {spec}: the vLLM server exited at start (log: {log})")
             try:
                 if httpx.get(f"{self.url}/v1/models", timeout=5).status_code == 200:
                     return
@@ -113,8 +125,8 @@ class SharedServer:
             time.sleep(_POLL_SECONDS)
         self.stop()
         raise SelflengthenError(
-            f"model {model.spec}: the vLLM server was not ready within {self.engine.startup_timeout:.0f} s "
-            f"(engine.startup_timeout; log: {log})"
+            f"model {spec}: the vLLM server was not ready within {self.engine.startup_timeout:.0f} s "
+            f"(engine.startup_timeout, --startup-timeout; log: {log})"
         )
 
     def stop(self) -> None:
@@ -128,3 +140,9 @@ class SharedServer:
                     self.process.wait()
             kill_process_group(self.process.pid)
         self.process, self.model = None, None
+
+    def __enter__(self) -> SharedServer:
+        return self
+
+    def __exit__(self, *_: object) -> None:
+        self.stop()

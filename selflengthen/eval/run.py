@@ -57,8 +57,7 @@ def check_label(label: str) -> str:
 
 
 def _infer(
-    server: SharedServer | None,
-    engine: EngineOptions,
+    server: SharedServer,
     model: ResolvedModel,
     folder: StepFolder,
     documents: list[Document],
@@ -67,20 +66,19 @@ def _infer(
     description: str,
 ) -> list[Document]:
     """`run_inference` on the shared server for `model` (started now, only when needed; restarted
-    if it dies), or on `engine`."""
+    if it dies), or on its endpoint."""
 
     def infer(engine: EngineOptions) -> list[Document]:
         return run_inference(folder, documents, rollout, engine, model, sampling, description)
 
-    return server.serve(model, infer) if server is not None else infer(engine)
+    return server.serve(model, infer)
 
 
 def _answers(
     contender: Contender,
     prompts: pl.DataFrame,
     out: Path,
-    server: SharedServer | None,
-    engine: EngineOptions,
+    server: SharedServer,
     sampling: SamplingOptions,
 ) -> pl.DataFrame:
     """The model's answer to each row of `prompts` (by `id`), one request each."""
@@ -96,9 +94,7 @@ def _answers(
     started = time.monotonic()
     documents = [Document(text=row["query"], id=row["id"]) for row in prompts.iter_rows(named=True)]
     rollout = partial(answer_rollout, sampling=sampling)
-    done = _infer(
-        server, engine, contender.model, folder, documents, rollout, sampling, f"eval {contender.label}"
-    )
+    done = _infer(server, contender.model, folder, documents, rollout, sampling, f"eval {contender.label}")
     answers = {document.id: document.metadata[RESULTS_KEY][0] for document in done}
     frame = prompts.with_columns(
         pl.lit(contender.label).alias("model"),
@@ -165,7 +161,7 @@ def score(frame: pl.DataFrame) -> pl.DataFrame:
 
 
 def _judgements(
-    frame: pl.DataFrame, label: str, judge: Judge, out: Path, server: SharedServer | None
+    frame: pl.DataFrame, label: str, judge: Judge, out: Path, server: SharedServer
 ) -> pl.DataFrame:
     folder = StepFolder(out / "judge" / label)
     if not folder.finished():
@@ -180,9 +176,7 @@ def _judgements(
             for row in rows.iter_rows(named=True)
         ]
         rollout = partial(judge_rollout, sampling=judge.sampling, max_retries=judge.max_retries)
-        done = _infer(
-            server, judge.engine, judge.model, folder, documents, rollout, judge.sampling, f"judge {label}"
-        )
+        done = _infer(server, judge.model, folder, documents, rollout, judge.sampling, f"judge {label}")
         results = {document.id: document.metadata[RESULTS_KEY][0] for document in done}
         table = pl.DataFrame(
             [
@@ -236,10 +230,10 @@ def evaluate(
     labels = [contender.label for contender in contenders] + [frame["model"][0] for frame in existing]
     if len(set(labels)) != len(labels):
         raise SelflengthenError(f"model labels must differ (got {', '.join(labels)}); name them LABEL=MODEL")
-    server = SharedServer(engine, out / "server_logs", sampling.seed) if not engine.endpoint else None
-    judge_server = None  # the contenders' server when there is one (the same model is not started twice)
-    if judge is not None and not judge.engine.endpoint:
-        judge_server = server or SharedServer(judge.engine, out / "server_logs", sampling.seed)
+    server = SharedServer(engine, out / "server_logs", sampling.seed)
+    judge_server = server  # when both are launched here: the same model is not started twice
+    if judge is not None and (engine.endpoint or judge.engine.endpoint):
+        judge_server = SharedServer(judge.engine, out / "server_logs", sampling.seed)
     asked = prompts
     if growth is not None:
         if clash := set(prompts["id"]) & set(growth.requests["id"]):
@@ -250,7 +244,7 @@ def evaluate(
     frames, growth_answers = [], {}
     try:
         for contender in contenders:
-            answered = _answers(contender, asked, out, server, engine, sampling)
+            answered = _answers(contender, asked, out, server, sampling)
             if growth is not None:
                 growth_answers[contender.label] = answered.filter(GROWTH_ROWS)
                 answered = answered.filter(~GROWTH_ROWS).drop("prompt_id", "sample")
@@ -264,7 +258,7 @@ def evaluate(
                 if frame.height
             ]
     finally:
-        for running in {id(s): s for s in (server, judge_server) if s is not None}.values():
-            running.stop()
+        server.stop()
+        judge_server.stop()
     growth_summary = summarise(growth_answers, growth, sampling.seed) if growth is not None else None
     return write_report(pl.concat(scored, how="diagonal_relaxed"), out, judge is not None, growth_summary)

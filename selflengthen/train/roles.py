@@ -22,7 +22,7 @@ from typing import Any
 
 import yaml
 
-from selflengthen.engine.server import die_with_parent, on_gpu
+from selflengthen.engine.launch import die_with_parent, on_gpu
 from selflengthen.errors import SelflengthenError
 
 ROLES = ("generator", "extender")
