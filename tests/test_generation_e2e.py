@@ -1,5 +1,5 @@
 """self-instruct -> generate -> extend run alone, as a user runs them (the installed `selflengthen`
-command, which launches and stops its own vLLM server), on the real engine with the embedded
+command, which starts and stops its own vLLM server), on the real engine with the embedded
 model, with early stop off.
 
 They use the settings of the session's reference run (tests/e2e_runs.py: the README's main job,
@@ -48,11 +48,11 @@ STEPS = {"instructions": "self-instruct", "initial": "generate", "extended": "ex
 
 
 def selflengthen(*args: str | Path) -> str:
-    """Run a step command; its stderr (where the server's start is reported)."""
+    """Run a step command; its output (where the server's start is reported)."""
     assert SCRIPT
     result = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=1800)
     assert result.returncode == 0, result.stderr[-3000:]
-    return result.stderr
+    return result.stdout + result.stderr
 
 
 @pytest.fixture(scope="module")

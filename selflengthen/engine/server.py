@@ -179,17 +179,16 @@ class SelflengthenInferenceRunner(InferenceRunner):
 
 def inference_config(options: EngineOptions, model_source: str, server_log_folder: str) -> InferenceConfig:
     """datatrove's InferenceConfig for our engine options: an endpoint (the user's, or the
-    server this process started), else a server per task (`TaskServer`, Slurm and Ray). Our
-    start already waits until the server answers, so datatrove's readiness check after it is a
-    formality, given the time an endpoint is given."""
+    server this process started), else a server per task (`TaskServer`, Slurm and Ray). Only
+    how requests are sent is set here: datatrove never launches a server of ours, so the vLLM
+    settings (context, parallelism, ...) go to `launch.vllm_command` alone. Our start already
+    waits until the server answers, so datatrove's readiness check after it is a formality,
+    given the time an endpoint is given."""
     endpoint = options.endpoint.rstrip("/").removesuffix("/v1") if options.endpoint else None
     return InferenceConfig(
         server_type="endpoint" if endpoint else "vllm",
         model_name_or_path=model_source,
         endpoint_url=endpoint,
-        model_max_context=options.max_model_len,
-        tp=options.tensor_parallel_size,
-        dp=options.data_parallel_size,
         use_chat=True,
         rollouts_per_document=1,
         max_concurrent_generations=options.concurrency,
