@@ -19,7 +19,7 @@ from selflengthen.builders.extend import ExtendSettings, run_extend
 from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
-from selflengthen.builders.step import StepFolder, finished_stats, step_folder
+from selflengthen.builders.step import finished_stats, step_folder
 from selflengthen.cli_engine import with_engine_options
 from selflengthen.cli_steps import (
     ITERATION_OPTION,
@@ -232,19 +232,23 @@ def _report(stats: dict, folder: Path) -> None:
 
 
 def _serve_step(
-    folder: StepFolder,
     run_dir: Path,
-    engine: EngineOptions,
-    model: ResolvedModel,
-    sampling: SamplingOptions,
+    iteration: int,
+    folder_name: str,
+    served: tuple[EngineOptions, ResolvedModel, SamplingOptions],
     step: Callable[[EngineOptions], dict[str, Any]],
 ) -> dict[str, Any]:
     """A generation step command's work, served the loop's way: a server started for it (only
-    if the step has not finished), restarted and the step resumed if it dies; or `--endpoint`."""
-    if (stats := finished_stats(folder, sampling)) is not None:
-        return stats
-    with SharedServer(engine, run_dir / "server_logs", sampling.seed) as server:
-        return server.serve(model, step)
+    if the step has not finished), restarted and the step resumed if it dies; or `--endpoint`.
+    Reports the step's stats and returns them."""
+    engine, model, sampling = served
+    folder = step_folder(run_dir, iteration, folder_name)
+    stats = finished_stats(folder, sampling)
+    if stats is None:
+        with SharedServer(engine, run_dir / "server_logs", sampling.seed) as server:
+            stats = server.serve(model, step)
+    _report(stats, folder.root)
+    return stats
 
 
 @app.command("self-instruct")
@@ -275,12 +279,10 @@ def self_instruct_command(
     """Grow new long-writing instructions from seed instructions (step 1)."""
     settings = SelfInstructSettings(count=count, max_retries=max_retries, sampling=sampling)
     seed_frame = seed_instructions(seeds, seed_language.value, "--seed-language")
-    folder = step_folder(run_dir, iteration, "instructions")
     stats = _serve_step(
-        folder, run_dir, engine, model, sampling,
+        run_dir, iteration, "instructions", (engine, model, sampling),
         lambda engine: run_self_instruct(run_dir, iteration, seed_frame, engine, model, settings),
     )  # fmt: skip
-    _report(stats, folder.root)
     if stats["rows_out"] < stats["requested"]:
         typer.echo(f"reached {stats['rows_out']} of {stats['requested']} instructions (see stats.json)")
 
@@ -309,12 +311,10 @@ def generate_command(
             run_dir, iteration, "instructions", "run self-instruct first, or pass --instructions"
         )
     )
-    folder = step_folder(run_dir, iteration, "initial")
-    stats = _serve_step(
-        folder, run_dir, engine, model, sampling,
+    _serve_step(
+        run_dir, iteration, "initial", (engine, model, sampling),
         lambda engine: run_generate(run_dir, iteration, frame, engine, model, settings),
     )  # fmt: skip
-    _report(stats, folder.root)
 
 
 @app.command("extend")
@@ -335,12 +335,10 @@ def extend_command(
     """Lengthen each initial response with the Extender, filter and sample (step 3)."""
     settings = ExtendSettings(rounds, max_retries, min_ratio, sampling)
     initial = previous_step(run_dir, iteration, "initial", "run generate first")
-    folder = step_folder(run_dir, iteration, "extended")
-    stats = _serve_step(
-        folder, run_dir, engine, model, sampling,
+    _serve_step(
+        run_dir, iteration, "extended", (engine, model, sampling),
         lambda engine: run_extend(run_dir, iteration, initial, engine, model, settings),
     )  # fmt: skip
-    _report(stats, folder.root)
 
 
 app.command("build-sft")(build_sft_command)
