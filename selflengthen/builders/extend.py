@@ -239,11 +239,12 @@ async def extend_once(
 
 @dataclass
 class Growth:
-    """Where a row's extension rounds got to: the best text, its words, the rounds that made it
-    longer and the attempts spent."""
+    """Where a row's extension rounds got to: the best text, its words, the initial text's words,
+    the rounds that made it longer and the attempts spent."""
 
     text: str
     words: int
+    initial_words: int
     rounds: int = 0
     attempts: int = 0
 
@@ -262,8 +263,9 @@ async def grow(
     the growth filter is where a row that would be dropped becomes one that is kept, while a row
     already keepable spends no further attempt. The rounds end at the first that grew nothing.
     """
-    growth = Growth(text, count_words(text))
-    keepable_above = settings.min_ratio * growth.words
+    initial_words = count_words(text)
+    growth = Growth(text, initial_words, initial_words)
+    keepable = GrowthFilter(min_ratio=settings.min_ratio).grew_enough
     for round_index in range(settings.rounds):
         start, start_words = growth.text, growth.words
         for attempt in range(1, settings.max_retries + 1):
@@ -276,7 +278,7 @@ async def grow(
                 tally.rejections["not_longer"] += 1
                 continue
             growth.text, growth.words = candidate, words
-            if words > keepable_above:
+            if keepable(words, growth.initial_words):
                 break
         if growth.words == start_words:
             break
@@ -295,20 +297,16 @@ async def extend_rollout(
         seed_parts = ("extend", document.id, round_index, attempt)
         return await extend_once(generate, instruction, text, language, settings, seed_parts, tally)
 
-    initial_words = count_words(document.text)
     growth = await grow(document.text, settings, extend, tally)
-    kept = growth.rounds > 0 and GrowthFilter(min_ratio=settings.min_ratio).filter(
-        Document(text=growth.text, id=document.id, metadata={"initial_words": initial_words})
-    )
+    grew_enough = GrowthFilter(min_ratio=settings.min_ratio).grew_enough
+    kept = growth.rounds > 0 and grew_enough(growth.words, growth.initial_words)
     if progress is not None:
         progress.document_done(tally)
     return {
-        "extended_response": growth.text if kept is True else None,
+        "extended_response": growth.text if kept else None,
         "rounds": growth.rounds,
         "attempts": growth.attempts,
-        "failure": None
-        if kept is True
-        else ("no_round_succeeded" if growth.rounds == 0 else "too_little_growth"),
+        "failure": None if kept else ("no_round_succeeded" if growth.rounds == 0 else "too_little_growth"),
         "tally": tally.as_dict(),
     }
 

@@ -53,6 +53,10 @@ class GrowthFilter(TextFilter):
         source_words = self._source_words(doc)
         if source_words is None:
             return False, "missing_source"
-        if count_words(text) <= self.min_ratio * source_words:
+        if not self.grew_enough(count_words(text), source_words):
             return False, "too_little_growth"
         return True
+
+    def grew_enough(self, words: int, source_words: int) -> bool:
+        """The rule itself, on word counts: more than `min_ratio` × the source's words."""
+        return words > self.min_ratio * source_words
