@@ -1,15 +1,17 @@
-"""Real `selflengthen run` invocations shared by the e2e modules.
+"""The real `selflengthen run` shared by the e2e modules: the reference run.
 
 The reference run is the README's main job (`recipes/smollm2-cpu/run.yaml`: 2 iterations on the
 embedded model, vLLM on the CPU, LoRA SFT with TRL) with its model served in float32, in which
-sampling with the same seeds gives the same text however requests are batched: so the step
-commands run alone (test_generation_e2e) and a run killed and resumed (test_reliability_e2e) can
-be compared with it row for row. It is made once per test session (`reference_run` in
-conftest.py) and only read by the tests.
+sampling with the same seeds gives the same text however requests are batched. It is also the
+reliability check: it is disturbed four times in iteration 1 (`make_reference_run`) and then
+finishes both iterations, so every module that reads it reads a run that survived kills, and the
+step commands run alone (test_generation_e2e, undisturbed) can be compared with it row for row.
+It is made once per test session (`reference_run` in conftest.py) and only read by the tests.
 """
 
 from __future__ import annotations
 
+import json
 import os
 import re
 import shutil
@@ -23,7 +25,10 @@ from pathlib import Path
 from typing import ClassVar
 
 import httpx
+import polars as pl
 import psutil
+
+from selflengthen.config import load_config
 
 SCRIPT = shutil.which("selflengthen", path=str(Path(sys.executable).parent))
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "smollm2-cpu" / "run.yaml"
@@ -38,6 +43,53 @@ def run_command(run_dir: Path, *extra: str) -> list[str]:
     """`selflengthen run` of the reference recipe into `run_dir`."""
     assert SCRIPT
     return [SCRIPT, "run", "--config", str(RECIPE), "--set", f"run_dir={run_dir}", *FLOAT32, *extra]
+
+
+CONFIG = load_config(RECIPE)
+#: The reference run's engine and sampling settings as step-command flags, early stop off.
+SAMPLING = [
+    "--seed", str(CONFIG.seed), "--concurrency", str(CONFIG.engine.concurrency),
+    "--max-model-len", str(CONFIG.engine.max_model_len), "--max-tokens", str(CONFIG.sampling.max_tokens),
+    "--vllm-arg=--dtype=float32", "--no-early-stop",
+]  # fmt: skip
+SELF_INSTRUCT = [
+    "--count", str(CONFIG.self_instruct.count), "--max-retries", str(CONFIG.self_instruct.max_retries),
+    "--seed-language", CONFIG.self_instruct.seed_language,
+]  # fmt: skip
+GENERATE = [
+    "--samples-per-instruction", str(CONFIG.generate.samples_per_instruction),
+    "--max-retries", str(CONFIG.generate.max_retries),
+]  # fmt: skip
+EXTEND = [
+    "--rounds", str(CONFIG.extend.rounds), "--max-retries", str(CONFIG.extend.max_retries),
+    "--min-ratio", str(CONFIG.extend.min_ratio),
+]  # fmt: skip
+BUILD_SFT = [
+    "--line-drop-probability",
+    str(CONFIG.sft_data.line_drop_probability),
+    "--seed",
+    str(CONFIG.seed),
+]
+#: The generation steps' folders and commands.
+STEPS = {"instructions": "self-instruct", "initial": "generate", "extended": "extend"}
+
+
+def step_command(*args: str | Path) -> str:
+    """Run a step command; its output (where the server's start is reported)."""
+    assert SCRIPT
+    result = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=1800)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return result.stdout + result.stderr
+
+
+def make_steps_run(run: Path) -> Path:
+    """Iteration 1 of the reference run's data, made by the step commands one by one with early
+    stop off, undisturbed."""
+    step_command("self-instruct", "--run-dir", run, *SELF_INSTRUCT, *SAMPLING)
+    step_command("generate", "--run-dir", run, *GENERATE, *SAMPLING)
+    step_command("extend", "--run-dir", run, *EXTEND, *SAMPLING)
+    step_command("build-sft", "--run-dir", run, *BUILD_SFT)
+    return run
 
 
 class Run:
@@ -121,20 +173,73 @@ def _session(process: psutil.Process) -> int | None:
         return None
 
 
+#: Iteration 1's data steps, in order: what a disturbance may leave half made.
+STEP_FOLDERS = (
+    "iter_1/instructions",
+    "iter_1/initial",
+    "iter_1/extended",
+    "iter_1/gen_sft",
+    "iter_1/ext_sft",
+)
+
+
+def checkpointed(run_dir: Path, folder: str) -> int:
+    """Documents the running step has saved to datatrove's checkpoints so far."""
+    chunks = (run_dir / folder / "_work" / "checkpoints").glob("*/chunk_*.jsonl")
+    return sum(len(chunk.read_bytes().splitlines()) for chunk in chunks)
+
+
+def finished(run_dir: Path, folder: str) -> bool:
+    return (run_dir / folder / "stats.json").is_file()
+
+
+def read(run_dir: Path, folder: str) -> pl.DataFrame:
+    return pl.read_parquet(run_dir / folder / "data" / "*.parquet")
+
+
+def assert_consistent(run_dir: Path) -> None:
+    """Every finished step's data agrees with its stats.json; an unfinished one has no stats."""
+    for folder in STEP_FOLDERS:
+        if finished(run_dir, folder):
+            stats = json.loads((run_dir / folder / "stats.json").read_text())
+            frame = read(run_dir, folder)
+            assert frame.height == stats["rows_out"], folder
+            assert frame["id"].n_unique() == frame.height, f"{folder}: duplicate ids"
+
+
+def kill_when_checkpointed(run: Run, run_dir: Path, folder: str) -> str:
+    """kill -9 the run once the step writing `folder` has checkpointed a document (and is not
+    finished); check what it left; return its output."""
+    run.wait_for(lambda: checkpointed(run_dir, folder) > 0, f"a checkpointed document in {folder}")
+    run.kill()
+    assert not finished(run_dir, folder)
+    assert_consistent(run_dir)
+    return run.text()
+
+
 @dataclass(frozen=True)
 class ReferenceRun:
     """The finished reference run, with what was seen while it ran: its server's command line
-    and listening addresses, and what a second `selflengthen run` on the same folder said."""
+    and listening addresses, what a second `selflengthen run` on the same folder said, and the
+    output of each of its four invocations (`output`: the last, which finished it)."""
 
     run_dir: Path
     output: str
     server_command: list[str]
     listening: list[tuple[str, int]]
     second: subprocess.CompletedProcess[str]
+    logs: tuple[str, ...]
 
 
 def make_reference_run(run_dir: Path) -> ReferenceRun:
-    run = Run(run_dir, "reference")
+    """The reference run, disturbed in iteration 1 and then finished:
+    1. its server is inspected and a second run is tried on the folder; then kill -9 of the
+       whole run (its process group) during `generate`, once an answer is checkpointed;
+    2. the same command again; its server is killed from outside once it answers (the run
+       starts a new one and goes on); then kill -9 during `extend`;
+    3. the same command again, killed while the Extender trains (the Generator is done);
+    4. the same command again finishes both iterations."""
+    run = Run(run_dir, "1-generate")
     server = run.server()
     command = server.cmdline()
     run.wait_until_serving(server)
@@ -144,7 +249,25 @@ def make_reference_run(run_dir: Path) -> ReferenceRun:
         if connection.status == psutil.CONN_LISTEN
     ]
     second = subprocess.run(run_command(run_dir), capture_output=True, text=True, timeout=300)
-    return ReferenceRun(run_dir, run.finish(), command, listening, second)
+    logs = [kill_when_checkpointed(run, run_dir, "iter_1/initial")]
+
+    run = Run(run_dir, "2-server-extend")
+    server = run.server()
+    run.wait_until_serving(server)
+    time.sleep(2)  # the documents left by kill 1 are being answered
+    server.kill()
+    run.wait_for_output(r"the vLLM server died during the step .*restarting it")
+    logs.append(kill_when_checkpointed(run, run_dir, "iter_1/extended"))
+
+    run = Run(run_dir, "3-train")
+    run.wait_for(lambda: (run_dir / "models/iter_1/.extender.partial").is_dir(), "the Extender's training")
+    run.kill()
+    assert_consistent(run_dir)
+    logs.append(run.text())
+
+    output = Run(run_dir, "4-complete").finish()
+    logs.append(output)
+    return ReferenceRun(run_dir, output, command, listening, second, tuple(logs))
 
 
 def kill_leftover_runs() -> None:

@@ -1,16 +1,15 @@
-"""self-instruct -> generate -> extend run alone, as a user runs them (the installed `selflengthen`
-command, which starts and stops its own vLLM server), on the real engine with the embedded
-model, with early stop off.
+"""self-instruct -> generate -> extend -> build-sft run alone, as a user runs them (the
+installed `selflengthen` command, which starts and stops its own vLLM server), on the real engine
+with the embedded model, with early stop off (the session's `steps_run`, tests/e2e_runs.py).
 
-They use the settings of the session's reference run (tests/e2e_runs.py: the README's main job,
-served in float32, early stop on), and in float32 sampling with the same seeds gives the same
-text however requests are batched. So the step commands must make iteration 1 of the loop row for
-row, text included, although every request here runs to its end: the step commands and the loop
+They use the settings of the session's reference run (served in float32, early stop on), and in
+float32 sampling with the same seeds gives the same text however requests are batched. So the
+step commands must make iteration 1 of the loop row for row, text included, although every
+request here runs to its end and the loop was killed four times: the step commands and the loop
 are one code path, and early stop changes no kept row while it generates fewer tokens.
 """
 
 import json
-import subprocess
 from pathlib import Path
 
 import polars as pl
@@ -19,50 +18,10 @@ import pytest
 from selflengthen.builders.extend import EXTENDED_SCHEMA
 from selflengthen.builders.generate import INITIAL_SCHEMA
 from selflengthen.builders.self_instruct import INSTRUCTION_SCHEMA
-from selflengthen.config import load_config
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, apply_filters
-from tests.e2e_runs import RECIPE, SCRIPT, ReferenceRun
+from tests.e2e_runs import CONFIG, SAMPLING, STEPS, ReferenceRun, step_command
 
 pytestmark = pytest.mark.e2e
-
-CONFIG = load_config(RECIPE)
-#: The reference run's engine and sampling settings as flags.
-SAMPLING = [
-    "--seed", str(CONFIG.seed), "--concurrency", str(CONFIG.engine.concurrency),
-    "--max-model-len", str(CONFIG.engine.max_model_len), "--max-tokens", str(CONFIG.sampling.max_tokens),
-    "--vllm-arg=--dtype=float32", "--no-early-stop",
-]  # fmt: skip
-SELF_INSTRUCT = [
-    "--count", str(CONFIG.self_instruct.count), "--max-retries", str(CONFIG.self_instruct.max_retries),
-    "--seed-language", CONFIG.self_instruct.seed_language,
-]  # fmt: skip
-GENERATE = [
-    "--samples-per-instruction", str(CONFIG.generate.samples_per_instruction),
-    "--max-retries", str(CONFIG.generate.max_retries),
-]  # fmt: skip
-EXTEND = [
-    "--rounds", str(CONFIG.extend.rounds), "--max-retries", str(CONFIG.extend.max_retries),
-    "--min-ratio", str(CONFIG.extend.min_ratio),
-]  # fmt: skip
-STEPS = {"instructions": "self-instruct", "initial": "generate", "extended": "extend"}
-
-
-def selflengthen(*args: str | Path) -> str:
-    """Run a step command; its output (where the server's start is reported)."""
-    assert SCRIPT
-    result = subprocess.run([SCRIPT, *map(str, args)], capture_output=True, text=True, timeout=1800)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return result.stdout + result.stderr
-
-
-@pytest.fixture(scope="module")
-def steps_run(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """Iteration 1's generation steps, run one by one with early stop off."""
-    run = tmp_path_factory.mktemp("steps") / "run"
-    selflengthen("self-instruct", "--run-dir", run, *SELF_INSTRUCT, *SAMPLING)
-    selflengthen("generate", "--run-dir", run, *GENERATE, *SAMPLING)
-    selflengthen("extend", "--run-dir", run, *EXTEND, *SAMPLING)
-    return run
 
 
 def step(run: Path, name: str) -> tuple[pl.DataFrame, dict]:
@@ -137,6 +96,6 @@ def test_extended_rows_grew_and_are_clean(steps_run: Path) -> None:
 def test_finished_steps_do_no_new_requests(steps_run: Path) -> None:
     for folder, command in STEPS.items():
         before = (steps_run / "iter_1" / folder / "stats.json").read_bytes()
-        output = selflengthen(command, "--run-dir", steps_run, *SAMPLING)
+        output = step_command(command, "--run-dir", steps_run, *SAMPLING)
         assert "starting vLLM" not in output
         assert (steps_run / "iter_1" / folder / "stats.json").read_bytes() == before
