@@ -239,14 +239,15 @@ async def extend_once(
 
 @dataclass
 class Growth:
-    """Where a row's extension rounds got to: the best text, its words, the initial text's words,
-    the rounds that made it longer and the attempts spent."""
+    """Where a row's extension rounds got to: the best text, its words, the rounds that made it
+    longer, the attempts spent, and whether the row is kept (a round grew it, and by more than
+    the growth filter's `min_ratio` × the initial words)."""
 
     text: str
     words: int
-    initial_words: int
     rounds: int = 0
     attempts: int = 0
+    kept: bool = False
 
 
 async def grow(
@@ -264,7 +265,7 @@ async def grow(
     already keepable spends no further attempt. The rounds end at the first that grew nothing.
     """
     initial_words = count_words(text)
-    growth = Growth(text, initial_words, initial_words)
+    growth = Growth(text, initial_words)
     keepable = GrowthFilter(min_ratio=settings.min_ratio).grew_enough
     for round_index in range(settings.rounds):
         start, start_words = growth.text, growth.words
@@ -278,11 +279,12 @@ async def grow(
                 tally.rejections["not_longer"] += 1
                 continue
             growth.text, growth.words = candidate, words
-            if keepable(words, growth.initial_words):
+            if keepable(words, initial_words):
                 break
         if growth.words == start_words:
             break
         growth.rounds += 1
+    growth.kept = growth.rounds > 0 and keepable(growth.words, initial_words)
     return growth
 
 
@@ -298,15 +300,15 @@ async def extend_rollout(
         return await extend_once(generate, instruction, text, language, settings, seed_parts, tally)
 
     growth = await grow(document.text, settings, extend, tally)
-    grew_enough = GrowthFilter(min_ratio=settings.min_ratio).grew_enough
-    kept = growth.rounds > 0 and grew_enough(growth.words, growth.initial_words)
     if progress is not None:
         progress.document_done(tally)
     return {
-        "extended_response": growth.text if kept else None,
+        "extended_response": growth.text if growth.kept else None,
         "rounds": growth.rounds,
         "attempts": growth.attempts,
-        "failure": None if kept else ("no_round_succeeded" if growth.rounds == 0 else "too_little_growth"),
+        "failure": None
+        if growth.kept
+        else ("no_round_succeeded" if growth.rounds == 0 else "too_little_growth"),
         "tally": tally.as_dict(),
     }
 
