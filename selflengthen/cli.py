@@ -327,13 +327,20 @@ def extend_command(
     min_ratio: Annotated[
         float, typer.Option(help="Keep an extension only above this × the initial words.")
     ] = 1.2,
+    force_growth: Annotated[
+        bool,
+        typer.Option(
+            help="Stage 2 may not end (vLLM min_tokens) before it could make the text "
+            "--min-ratio × longer: one token per missing word."
+        ),
+    ] = False,
     *,
     engine: EngineOptions,
     model: ResolvedModel,
     sampling: SamplingOptions,
 ) -> None:
     """Lengthen each initial response with the Extender, filter and sample (step 3)."""
-    settings = ExtendSettings(rounds, max_retries, min_ratio, sampling)
+    settings = ExtendSettings(rounds, max_retries, min_ratio, sampling, force_growth)
     initial = previous_step(run_dir, iteration, "initial", "run generate first")
     _serve_step(
         run_dir, iteration, "extended", (engine, model, sampling),

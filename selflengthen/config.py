@@ -164,6 +164,7 @@ class ExtendSection(_Section):
     rounds: Positive = 3
     max_retries: Positive = 3
     min_ratio: Annotated[float, Field(gt=0)] = 1.2
+    force_growth: bool = False
     max_tokens: Positive | None = None
 
 

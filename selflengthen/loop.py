@@ -293,7 +293,11 @@ def _extend(runner: Runner, iteration: int, initial: pl.DataFrame) -> None:
     extender = role_model(config, runner.run_dir, iteration, "extender")
     section = config.extend
     settings = ExtendSettings(
-        section.rounds, section.max_retries, section.min_ratio, config.sampling_options(section.max_tokens)
+        section.rounds,
+        section.max_retries,
+        section.min_ratio,
+        config.sampling_options(section.max_tokens),
+        section.force_growth,
     )
     runner.server.serve(
         extender, lambda engine: run_extend(runner.run_dir, iteration, initial, engine, extender, settings)

@@ -4,7 +4,8 @@ Each round is a two-stage extension of the best text so far. The text is split i
 at blank lines (into lines when that gives two parts or fewer). Stage 1 sends the extend prompt
 with the first half and keeps the first two-thirds of the paragraphs it writes; stage 2 sends the
 extend prompt with the whole current text and the stage-1 text as a trailing assistant message
-that the model continues (`continue_final_message`). An attempt counts when its result
+that the model continues (`continue_final_message`); with `force_growth`, stage 2 may not end
+before it could reach `min_ratio` × the text (`stage_two_min_tokens`). An attempt counts when its result
 finishes, passes the filters and is longer than the best so far; a round makes up to
 `max_retries` attempts and goes on retrying after a longer result while the row is not yet
 keepable (`grow`). The best text is kept only if it passes `GrowthFilter` (more than `min_ratio`
@@ -16,6 +17,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import re
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass, field
@@ -78,6 +80,7 @@ class ExtendSettings:
     max_retries: int = 3
     min_ratio: float = 1.2
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    force_growth: bool = False
 
     def __post_init__(self) -> None:
         require_at_least_one(rounds=self.rounds, max_retries=self.max_retries)
@@ -98,6 +101,17 @@ def combine(start: str, separator: str, continuation: str) -> str:
     unless the continuation begins with whitespace of its own."""
     joiner = "" if continuation[:1].isspace() else separator
     return f"{start}{joiner}{continuation}".strip()
+
+
+def stage_two_min_tokens(text: str, start: str, settings: ExtendSettings) -> int:
+    """With `force_growth`, the tokens stage 2 must write before it may end: one per word that
+    the result still lacks to be `min_ratio` × `text` after `start` (a word is at least one
+    token, so the model is held to most of the way and finishes the rest itself), at most the
+    request's `max_tokens`. 0 without `force_growth`."""
+    if not settings.force_growth:
+        return 0
+    missing = math.ceil(settings.min_ratio * count_words(text)) - count_words(start)
+    return min(max(missing, 0), settings.sampling.max_tokens)
 
 
 def certainly_kept(prefix: str) -> str:
@@ -226,6 +240,7 @@ async def extend_once(
         tally,
         continue_final=True,
         watch=watch,
+        min_tokens=stage_two_min_tokens(text, start, settings),
     )
     if stage_two is None:
         return None

@@ -180,10 +180,12 @@ async def chat(
     max_tokens: int | None = None,
     stop: list[str] | None = None,
     watch: Callable[[], PrefixWatch] | None = None,
+    min_tokens: int = 0,
 ) -> InferenceResult | None:
     """One chat request through the model's own chat template. With `continue_final`, the last
     (assistant) message is continued rather than answered; `stop` ends the generation at any
-    of those strings. Returns `None` (and counts why) when the server rejects the request, e.g.
+    of those strings; `min_tokens` keeps the model from ending before that many tokens (vLLM's
+    `min_tokens`). Returns `None` (and counts why) when the server rejects the request, e.g.
     a prompt longer than the context.
 
     With `sampling.early_stop`, the answer streams through a fresh `watch()`; a request it
@@ -194,6 +196,8 @@ async def chat(
     payload: dict[str, Any] = {"messages": messages, **sampling.payload(*seed_parts, max_tokens=max_tokens)}
     if stop:
         payload["stop"] = stop
+    if min_tokens:
+        payload["min_tokens"] = min_tokens
     if continue_final:
         payload |= {"add_generation_prompt": False, "continue_final_message": True}
     tally.requests += 1

@@ -127,9 +127,14 @@ def _settings(config: RunConfig, final: bool) -> dict[str, str]:
         f"{tokens(section.max_tokens)}",
         "generate": f"{config.generate.samples_per_instruction} samples per instruction, up to "
         f"{config.generate.max_retries} retries each{tokens(config.generate.max_tokens)}",
-        "extend": f"up to {config.extend.rounds} round(s) of two stages, {config.extend.max_retries} "
-        f"retries per stage; kept when at least {config.extend.min_ratio}× the initial words"
-        f"{tokens(config.extend.max_tokens)}",
+        "extend": f"up to {config.extend.rounds} round(s) of two stages, up to {config.extend.max_retries} "
+        f"attempts per round; kept when more than {config.extend.min_ratio}× the initial words"
+        f"{tokens(config.extend.max_tokens)}"
+        + (
+            "; stage 2 held (vLLM `min_tokens`) until it could reach that ratio"
+            if config.extend.force_growth
+            else ""
+        ),
         "sft_data": "each non-blank line of the initial answer dropped with p = "
         f"{config.sft_data.line_drop_probability} in `ext_sft` prompts",
     }
