@@ -5,9 +5,9 @@ at blank lines (into lines when that gives two parts or fewer). Stage 1 sends th
 with the first half and keeps the first two-thirds of the paragraphs it writes; stage 2 sends the
 extend prompt with the whole current text and the stage-1 text as a trailing assistant message
 that the model continues (`continue_final_message`); with `force_growth`, stage 2 may not end
-before it could reach `min_ratio` × the text (`stage_two_min_tokens`). An attempt counts when its result
-finishes, passes the filters and is longer than the best so far; a round makes up to
-`max_retries` attempts and goes on retrying after a longer result while the row is not yet
+before it could reach `min_ratio` × the text (`stage_two_min_tokens`). An attempt counts when
+its result finishes, passes the filters and is longer than the best so far; a round makes up
+to `max_retries` attempts and goes on retrying after a longer result while the row is not yet
 keepable (`grow`). The best text is kept only if it passes `GrowthFilter` (more than `min_ratio`
 × the initial words); the kept rows then go through the length-weighted sampler. Output:
 `iter_<k>/extended/`.
