@@ -45,6 +45,7 @@ _FROM_CONFIG: list[tuple[str, type[BaseModel], str, str]] = [
     *[(name, SamplingSection, flag_name(name), _PANEL_SAMPLING) for name in SamplingSection.model_fields],
     ("seed", RunConfig, "--seed", _PANEL_SAMPLING),
     ("early_stop", RunConfig, "--early-stop/--no-early-stop", _PANEL_SAMPLING),
+    ("speculate", RunConfig, "--speculate/--no-speculate", _PANEL_SAMPLING),
 ]
 #: Flags only a step command has: a run serves the models its iterations train.
 _ENDPOINT_OPTIONS = [
@@ -74,6 +75,7 @@ _ENGINE_FIELDS = ["model", "endpoint", "api_key_env"] + [
 _SAMPLING_FIELDS = [name for name, section, *_ in _FROM_CONFIG if section is SamplingSection] + [
     "seed",
     "early_stop",
+    "speculate",
 ]
 
 

@@ -88,6 +88,14 @@ class EngineSection(_Section):
         bool, Field(description="Let vLLM run code shipped with the model (off unless given).")
     ] = False
     enforce_eager: bool | None = None
+    dtype: Annotated[
+        Literal["auto", "float32", "bfloat16", "float16"],
+        Field(
+            description="Serving precision. auto: bfloat16 on a CPU with bf16 hardware (AMX, AVX-512 "
+            "BF16), float32 on one without (AVX2 only: bf16 is emulated, ~3.5x slower), vLLM's "
+            "choice on a GPU."
+        ),
+    ] = "auto"
     vllm_args: Annotated[
         list[str],
         Field(
@@ -241,6 +249,15 @@ class RunConfig(_Section):
             "comparisons)."
         ),
     ] = True
+    speculate: Annotated[
+        bool,
+        Field(
+            description="While the server has idle slots (a step's last rows), start a row's later "
+            "attempts (extension attempts, answer retries) ahead of need and cancel those not "
+            "needed. Never changes the kept rows; costs some tokens; --no-speculate runs each "
+            "attempt only when it is needed."
+        ),
+    ] = True
     engine: EngineSection = EngineSection()
     sampling: SamplingSection = SamplingSection()
     self_instruct: SelfInstructSection = SelfInstructSection()
@@ -259,20 +276,21 @@ class RunConfig(_Section):
         fields = self.sampling.model_dump()
         if max_tokens is not None:
             fields["max_tokens"] = max_tokens
-        return SamplingOptions(seed=self.seed, early_stop=self.early_stop, **fields)
+        return SamplingOptions(seed=self.seed, early_stop=self.early_stop, speculate=self.speculate, **fields)
 
     def to_yaml(self) -> str:
         return yaml.safe_dump(self.model_dump(mode="json"), sort_keys=False, allow_unicode=True)
 
 
 #: What may change between invocations on the same run folder: how many iterations to run, how
-#: to serve the models, whether doomed generations are stopped early (which never changes the
-#: kept rows) and how to launch training (e.g. on a different number of GPUs). The
+#: to serve the models, whether doomed generations are stopped early and attempts speculated
+#: (neither changes the kept rows) and how to launch training (e.g. on a different number of GPUs). The
 #: training recipe's path may change too (a moved checkout): its content is what is compared,
 #: against the copy saved with the run (`loop.check_run_folder`).
 _NOT_IDENTITY: dict[str, Any] = {
     "iterations": True,
     "early_stop": True,
+    "speculate": True,
     "engine": True,
     "run_dir": True,
     "train": {"recipe", "launcher", "accelerate_config", "accelerate_args"},

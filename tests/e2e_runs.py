@@ -46,11 +46,12 @@ def run_command(run_dir: Path, *extra: str) -> list[str]:
 
 
 CONFIG = load_config(RECIPE)
-#: The reference run's engine and sampling settings as step-command flags, early stop off.
+#: The reference run's engine and sampling settings as step-command flags, early stop and
+#: speculation off (the reference run has both on).
 SAMPLING = [
     "--seed", str(CONFIG.seed), "--concurrency", str(CONFIG.engine.concurrency),
     "--max-model-len", str(CONFIG.engine.max_model_len), "--max-tokens", str(CONFIG.sampling.max_tokens),
-    "--vllm-arg=--dtype=float32", "--no-early-stop",
+    "--vllm-arg=--dtype=float32", "--no-early-stop", "--no-speculate",
 ]  # fmt: skip
 SELF_INSTRUCT = [
     "--count", str(CONFIG.self_instruct.count), "--max-retries", str(CONFIG.self_instruct.max_retries),
@@ -84,7 +85,7 @@ def step_command(*args: str | Path) -> str:
 
 def make_steps_run(run: Path) -> Path:
     """Iteration 1 of the reference run's data, made by the step commands one by one with early
-    stop off, undisturbed."""
+    stop and speculation off, undisturbed."""
     step_command("self-instruct", "--run-dir", run, *SELF_INSTRUCT, *SAMPLING)
     step_command("generate", "--run-dir", run, *GENERATE, *SAMPLING)
     step_command("extend", "--run-dir", run, *EXTEND, *SAMPLING)

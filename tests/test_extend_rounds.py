@@ -16,7 +16,7 @@ def scripted(lengths: dict[tuple[int, int], int | None]) -> tuple[Callable, list
     the attempt failed), recording (round, attempt, words of the text it was asked to extend)."""
     calls: list[tuple[int, int, int]] = []
 
-    async def extend(text: str, round_index: int, attempt: int) -> str | None:
+    async def extend(text: str, round_index: int, attempt: int, _: Tally) -> str | None:
         calls.append((round_index, attempt, len(text.split())))
         n = lengths.get((round_index, attempt))
         return None if n is None else words(n)

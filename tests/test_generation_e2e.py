@@ -1,12 +1,14 @@
 """self-instruct -> generate -> extend -> build-sft run alone, as a user runs them (the
 installed `selflengthen` command, which starts and stops its own vLLM server), on the real engine
-with the embedded model, with early stop off (the session's `steps_run`, tests/e2e_runs.py).
+with the embedded model, with early stop and speculation off (the session's `steps_run`,
+tests/e2e_runs.py).
 
-They use the settings of the session's reference run (served in float32, early stop on), and in
-float32 sampling with the same seeds gives the same text however requests are batched. So the
-step commands must make iteration 1 of the loop row for row, text included, although every
-request here runs to its end and the loop was killed four times: the step commands and the loop
-are one code path, and early stop changes no kept row while it generates fewer tokens.
+They use the settings of the session's reference run (served in float32, early stop and
+speculation on), and in float32 sampling with the same seeds gives the same text however
+requests are batched. So the step commands must make iteration 1 of the loop row for row, text
+included, although every request here runs to its end, one attempt after another, and the loop
+was killed four times: the step commands and the loop are one code path, early stop changes no
+kept row while it generates fewer tokens, and neither do attempts started ahead of need.
 """
 
 import json
@@ -56,6 +58,22 @@ def test_early_stop_generated_fewer_tokens(steps_run: Path, reference_run: Refer
         f"completion tokens: early stop {tokens[reference_run.run_dir]}, none {tokens[steps_run]}; {stopped}"
     )
     assert tokens[reference_run.run_dir] < tokens[steps_run]
+
+
+def test_speculation_started_attempts_ahead_only_when_on(
+    steps_run: Path, reference_run: ReferenceRun
+) -> None:
+    """The row-for-row comparison above compares speculation on (the loop) with off (the steps)."""
+    started = {
+        run: sum(step(run, name)[1]["speculative"]["attempts_started"] for name in ("initial", "extended"))
+        for run in (steps_run, reference_run.run_dir)
+    }
+    assert started[steps_run] == 0
+    assert started[reference_run.run_dir] >= 1, started
+    for name in ("initial", "extended"):
+        stats = step(reference_run.run_dir, name)[1]
+        assert stats["speculate"] is True and stats["precision"]["dtype"] == "float32"
+        assert 0 < stats["requests_in_flight_mean"] <= CONFIG.engine.concurrency
 
 
 def test_instructions(steps_run: Path) -> None:

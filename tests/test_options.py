@@ -17,7 +17,7 @@ def test_every_config_option_is_a_flag_with_the_config_default_and_help() -> Non
     declared = {
         **{name: field for name, field in EngineSection.model_fields.items() if name not in CONFIG_ONLY},
         **SamplingSection.model_fields,
-        **{name: RunConfig.model_fields[name] for name in ("model", "seed", "early_stop")},
+        **{name: RunConfig.model_fields[name] for name in ("model", "seed", "early_stop", "speculate")},
     }
     for name, field in declared.items():
         flag = flags[FLAG_NAMES.get(name, name)]
@@ -36,7 +36,7 @@ def test_the_runtime_options_have_the_config_defaults() -> None:
     for name, field in {**SamplingSection.model_fields, **RunConfig.model_fields}.items():
         if name in sampling_defaults:
             assert sampling_defaults[name] == field.default, name
-    assert set(sampling_defaults) == set(SamplingSection.model_fields) | {"seed", "early_stop"}
+    assert set(sampling_defaults) == set(SamplingSection.model_fields) | {"seed", "early_stop", "speculate"}
     assert (
         inspect.signature(EngineOptions).parameters["model"].default
         == RunConfig.model_fields["model"].default

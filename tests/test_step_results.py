@@ -5,6 +5,7 @@ reported as made by settings other than its own."""
 from __future__ import annotations
 
 import json
+import time
 from pathlib import Path
 
 import polars as pl
@@ -23,7 +24,7 @@ from selflengthen.builders.step import (
     step_stats,
 )
 from selflengthen.engine.models import ResolvedModel
-from selflengthen.engine.options import SamplingOptions
+from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError
 
 CONTEXT = (
@@ -62,7 +63,8 @@ def test_stats_count_refused_requests_by_kind_with_one_full_example(tmp_path: Pa
     step = GenerationStep(
         "generate", step_folder(tmp_path, 1, "initial"), [], print, lambda _: (frame, {}), 1
     )
-    stats = step_stats(step, 1, frame, done, model, SamplingOptions(), 0.0)
+    engine = EngineOptions(model="m", endpoint="http://127.0.0.1:1/v1")
+    stats = step_stats(step, 1, frame, done, engine, model, SamplingOptions(), 0.0)
     assert stats["rejected_attempts"] == {"request_error: context_length": 3}
     assert stats["request_errors"] == {"context_length": {"count": 3, "example": CONTEXT}}
 
@@ -103,3 +105,36 @@ def test_a_finished_step_with_other_settings_is_refused_not_reported(tmp_path: P
     ):
         finished_stats(folder, SamplingOptions(max_tokens=1000))
     assert finished_stats(step_folder(tmp_path, 2, "initial"), SamplingOptions()) is None
+
+
+def test_stats_say_how_the_server_was_used_and_in_what_precision(tmp_path: Path) -> None:
+    """Mean requests in flight from the seconds the requests were open, and the attempts started
+    ahead of need with what those not needed cost, summed over the rollouts' tallies."""
+    tallies = []
+    for seconds, started, requests, tokens in ((30.0, 2, 1, 120), (10.0, 1, 0, 0)):
+        tally = Tally(requests=3, completion_tokens=500, request_seconds=seconds)
+        tally.speculated_attempts, tally.speculative_requests, tally.speculative_tokens = (
+            started,
+            requests,
+            tokens,
+        )
+        tallies.append({"tally": tally.as_dict()})
+    done = [Document(text="x", id="d0", metadata={RESULTS_KEY: tallies})]
+    frame = pl.DataFrame({"words": [10]})
+    step = GenerationStep("extend", step_folder(tmp_path, 1, "extended"), [], print, lambda _: (frame, {}), 1)
+    ours = EngineOptions(model="m", endpoint="http://127.0.0.1:1/v1", server_pid=1, dtype="float32")
+    theirs = EngineOptions(model="m", endpoint="http://127.0.0.1:1/v1")
+    started = time.monotonic() - 20.0  # a 20-second step
+    stats = step_stats(
+        step, 1, frame, done, ours, ResolvedModel("m", "m", "local"), SamplingOptions(), started
+    )
+    assert stats["requests"] == 6 and stats["completion_tokens"] == 1000  # the attempts used
+    assert stats["speculative"] == {"attempts_started": 3, "requests": 1, "completion_tokens": 120}
+    assert stats["requests_in_flight_mean"] == pytest.approx(2.0, rel=0.01)  # 40 request-seconds in 20 s
+    assert stats["precision"] == {"dtype": "float32", "reason": "set by engine.dtype / --dtype"}
+    assert stats["speculate"] is True
+    model = ResolvedModel("m", "m", "endpoint")
+    assert (
+        step_stats(step, 1, frame, done, theirs, model, SamplingOptions(), started)["precision"]["dtype"]
+        == "auto"
+    )

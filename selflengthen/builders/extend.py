@@ -20,6 +20,7 @@ import json
 import math
 import re
 from collections.abc import Awaitable, Callable
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -29,6 +30,7 @@ import polars as pl
 from datatrove.data import Document
 
 from selflengthen.builders.sample import length_weighted_sample
+from selflengthen.builders.speculation import attempts_in_order
 from selflengthen.builders.step import (
     CHARACTER_LOOP,
     META_COMMENT,
@@ -41,6 +43,7 @@ from selflengthen.builders.step import (
     chat,
     rejection,
     response_problem,
+    rollout_tally,
     run_step,
     step_folder,
     stopped_early,
@@ -268,34 +271,41 @@ class Growth:
 async def grow(
     text: str,
     settings: ExtendSettings,
-    extend: Callable[[str, int, int], Awaitable[str | None]],
+    extend: Callable[[str, int, int, Tally], Awaitable[str | None]],
     tally: Tally,
 ) -> Growth:
-    """Up to `settings.rounds` rounds of `extend(text, round_index, attempt)` on the best text.
+    """Up to `settings.rounds` rounds of `extend(text, round_index, attempt, attempt_tally)` on
+    the best text.
 
     A round makes up to `max_retries` attempts on the same text and keeps the longest result
     that is longer than it. It stops at the first longer result once the row is keepable (more
     than `min_ratio` × the initial words): retrying a round whose gain would leave the row below
     the growth filter is where a row that would be dropped becomes one that is kept, while a row
     already keepable spends no further attempt. The rounds end at the first that grew nothing.
+    The attempts of a round do not depend on each other, so with `sampling.speculate` later ones
+    may start while the server is idle (`attempts_in_order`); the rule reads their results in
+    attempt order all the same.
     """
     initial_words = count_words(text)
     growth = Growth(text, initial_words)
     keepable = GrowthFilter(min_ratio=settings.min_ratio).grew_enough
     for round_index in range(settings.rounds):
         start, start_words = growth.text, growth.words
-        for attempt in range(1, settings.max_retries + 1):
-            growth.attempts += 1
-            candidate = await extend(start, round_index, attempt)
-            if candidate is None:
-                continue
-            words = count_words(candidate)
-            if words <= growth.words:
-                tally.rejections["not_longer"] += 1
-                continue
-            growth.text, growth.words = candidate, words
-            if keepable(words, initial_words):
-                break
+        attempts = attempts_in_order(
+            partial(extend, start, round_index), settings.max_retries, tally, settings.sampling.speculate
+        )
+        async with aclosing(attempts):
+            async for _, candidate in attempts:
+                growth.attempts += 1
+                if candidate is None:
+                    continue
+                words = count_words(candidate)
+                if words <= growth.words:
+                    tally.rejections["not_longer"] += 1
+                    continue
+                growth.text, growth.words = candidate, words
+                if keepable(words, initial_words):
+                    break
         if growth.words == start_words:
             break
         growth.rounds += 1
@@ -307,12 +317,12 @@ async def extend_rollout(
     document: Document, generate: Any, *, settings: ExtendSettings, progress: StepProgress | None = None
 ) -> dict[str, Any]:
     """Extend one initial response over up to `rounds` rounds (a datatrove rollout function)."""
-    tally = Tally()
+    tally = rollout_tally(progress)
     instruction, language = document.metadata["instruction"], document.metadata["language"]
 
-    async def extend(text: str, round_index: int, attempt: int) -> str | None:
+    async def extend(text: str, round_index: int, attempt: int, attempt_tally: Tally) -> str | None:
         seed_parts = ("extend", document.id, round_index, attempt)
-        return await extend_once(generate, instruction, text, language, settings, seed_parts, tally)
+        return await extend_once(generate, instruction, text, language, settings, seed_parts, attempt_tally)
 
     growth = await grow(document.text, settings, extend, tally)
     if progress is not None:

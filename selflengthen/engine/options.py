@@ -9,6 +9,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 from selflengthen.engine.models import DEFAULT_MODEL
+from selflengthen.engine.precision import DTYPES
 from selflengthen.errors import SelflengthenError
 
 #: The paper's decoding parameters (the reference implementation's values).
@@ -41,8 +42,10 @@ class SamplingOptions:
     reproducible (where the backend allows) and different across samples and retries.
 
     `early_stop` sends each request as a streamed chat completion, so that a generation is
-    cancelled as soon as its rejection is certain (see `selflengthen.filters.prefix`). It never
-    changes which rows are kept, so it is not part of the lineage."""
+    cancelled as soon as its rejection is certain (see `selflengthen.filters.prefix`).
+    `speculate` starts later attempts of a row (extension attempts, answer retries) ahead of
+    need while the server has idle slots (see `selflengthen.builders.speculation`). Neither
+    changes which rows are kept, so neither is part of the lineage."""
 
     temperature: float = PAPER_SAMPLING["temperature"]
     top_p: float = PAPER_SAMPLING["top_p"]
@@ -51,6 +54,7 @@ class SamplingOptions:
     max_tokens: int = DEFAULT_MAX_TOKENS
     seed: int = 0
     early_stop: bool = True
+    speculate: bool = True
 
     def __post_init__(self) -> None:
         checks = {
@@ -150,6 +154,9 @@ class EngineOptions:
         host, port: where the server listens (127.0.0.1 and a free port by default).
         trust_remote_code: passed to vLLM only when set.
         enforce_eager: `None` means on for CPUs (starts in a third of the time) and off for GPUs.
+        dtype: the precision vLLM serves in (`--dtype`); `auto` fits it to the machine
+            (`selflengthen.engine.precision`: bfloat16 on a CPU with bf16 hardware, float32 on
+            one without, vLLM's choice on a GPU).
         vllm_args: extra command-line flags for the vLLM server, passed as given.
         startup_timeout: seconds to wait for the server to answer before giving up.
         concurrency: requests in flight at once.
@@ -171,6 +178,7 @@ class EngineOptions:
     port: int | None = None
     trust_remote_code: bool = False
     enforce_eager: bool | None = None
+    dtype: str = "auto"
     vllm_args: tuple[str, ...] = field(default_factory=tuple)
     startup_timeout: float = 900.0
     concurrency: int = 64
@@ -193,6 +201,8 @@ class EngineOptions:
             raise SelflengthenError(
                 f"--gpu-memory-utilization: must be in (0, 1], got {self.gpu_memory_utilization}"
             )
+        if self.dtype not in DTYPES:
+            raise SelflengthenError(f"--dtype: one of {', '.join(DTYPES)}, got {self.dtype!r}")
         if self.port is not None and not 0 < self.port < 65536:
             raise SelflengthenError(f"--port: not a TCP port: {self.port}")
         if problem := secret_flag_problem(self.vllm_args):

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 from collections.abc import Callable
 from contextvars import ContextVar
+from dataclasses import dataclass
 from typing import Any
 
 import httpx
@@ -32,6 +33,18 @@ REQUEST_WATCH: ContextVar[Callable[[], PrefixWatch] | None] = ContextVar(
 _CONNECT_SECONDS = 30.0
 
 
+@dataclass
+class LiveUsage:
+    """The completion tokens a streamed request has written so far (vLLM's per-chunk usage)."""
+
+    completion_tokens: int = 0
+
+
+#: Where the request being sent reports its tokens as they arrive, so that a request cancelled
+#: from outside (a speculative attempt no longer needed) still counts what it cost. Set by `chat`.
+LIVE_USAGE: ContextVar[LiveUsage | None] = ContextVar("selflengthen_live_usage", default=None)
+
+
 async def stream_chat(url: str, payload: dict[str, Any], headers: dict[str, str]) -> dict[str, Any]:
     """POST a streamed chat completion to `url` and return it as a non-streamed response.
 
@@ -40,6 +53,7 @@ async def stream_chat(url: str, payload: dict[str, Any], headers: dict[str, str]
     its runner retries).
     """
     make_watch = REQUEST_WATCH.get()
+    live = LIVE_USAGE.get()
     watch = make_watch() if make_watch is not None else None
     text, reasoning, finish_reason = [], [], None
     usage: dict[str, Any] | None = None
@@ -71,6 +85,8 @@ async def stream_chat(url: str, payload: dict[str, Any], headers: dict[str, str]
                         None, f"the server ended the stream with an error: {data}", payload=payload
                     )
                 usage = chunk.get("usage") or usage
+                if live is not None and usage is not None:
+                    live.completion_tokens = int(usage.get("completion_tokens", 0))
                 for choice in chunk.get("choices", []):
                     delta = choice.get("delta") or {}
                     piece = delta.get("content") or ""

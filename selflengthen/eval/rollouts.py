@@ -9,7 +9,7 @@ from typing import Any
 
 from datatrove.data import Document
 
-from selflengthen.builders.step import StepProgress, Tally, chat
+from selflengthen.builders.step import StepProgress, chat, rollout_tally
 from selflengthen.engine.options import SamplingOptions
 from selflengthen.prompts import template
 
@@ -39,7 +39,7 @@ def parse_judgement(reply: str) -> dict[str, int] | None:
 async def answer_rollout(
     document: Document, generate: Any, *, sampling: SamplingOptions, progress: StepProgress | None = None
 ) -> dict[str, Any]:
-    tally = Tally()
+    tally = rollout_tally(progress)
     messages = [{"role": "user", "content": document.text}]
     result = await chat(generate, messages, sampling, ("eval", document.id), tally)
     if progress is not None:
@@ -59,7 +59,7 @@ async def judge_rollout(
 ) -> dict[str, Any]:
     """Ask for the scores until a reply parses (each retry with its own seed); after
     `max_retries` unparsable replies the item is a judge failure."""
-    tally = Tally()
+    tally = rollout_tally(progress)
     language = document.metadata["language"] if document.metadata["language"] == "zh" else "en"
     prompt = template(language, "quality_judge").substitute(
         instruction=document.metadata["query"], response=document.text

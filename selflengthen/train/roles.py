@@ -23,6 +23,7 @@ from typing import Any
 import yaml
 
 from selflengthen.engine.launch import die_with_parent, on_gpu
+from selflengthen.engine.precision import cpu_flags, cpu_kind, training_bf16
 from selflengthen.errors import SelflengthenError
 
 ROLES = ("generator", "extender")
@@ -107,7 +108,11 @@ def train_role(
     settings, added = effective_recipe(recipe)
     if added:
         chosen = ", ".join(f"{key}: {str(value).lower()}" for key, value in added.items())
-        print(f"train {role}: {recipe.name} does not set {', '.join(added)}; using {chosen}", file=sys.stderr)
+        why = f" ({cpu_kind(cpu_flags())} CPU)" if "bf16" in added and not on_gpu() else ""
+        print(
+            f"train {role}: {recipe.name} does not set {', '.join(added)}; using {chosen}{why}",
+            file=sys.stderr,
+        )
     effective.write_text(yaml.safe_dump(settings, sort_keys=False))
     arguments = [
         "--config", str(effective),
@@ -146,12 +151,14 @@ def train_role(
 
 def effective_recipe(recipe: Path) -> tuple[dict[str, Any], dict[str, Any]]:
     """The settings the trainer gets (saved as the role's `recipe.yaml`), and which of them were
-    added: the recipe as written, plus the device keys it leaves out (`bf16` on a GPU, `use_cpu`
-    and no `bf16` without one; TRL would otherwise train in bf16 on the CPU). Nothing else is
-    filled in: the recipe a user reads is the one that runs."""
+    added: the recipe as written, plus the device keys it leaves out: `bf16` (autocast) on a GPU
+    and on a CPU that computes bf16 in hardware, not on one where it is emulated
+    (`training_bf16`); `use_cpu` without a GPU. Nothing else is filled in: the recipe a user
+    reads is the one that runs."""
     settings = yaml.safe_load(recipe.read_text(encoding="utf-8"))
     gpu = on_gpu()
-    added = {key: value for key, value in {"bf16": gpu, "use_cpu": not gpu}.items() if key not in settings}
+    device = {"bf16": training_bf16(gpu), "use_cpu": not gpu}
+    added = {key: value for key, value in device.items() if key not in settings}
     return settings | added, added
 
 
