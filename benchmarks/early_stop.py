@@ -15,58 +15,17 @@ not timed.
 from __future__ import annotations
 
 import argparse
-import json
 import shutil
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
 
-import httpx
-import polars as pl
+from step_runs import endpoint_flags, generate_and_extend, serving, write_instructions
 
 from selflengthen.builders.step import ResponseWatch
-from selflengthen.config import RunConfig, load_config
-from selflengthen.engine.launch import server_environment, vllm_command
+from selflengthen.config import load_config
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions
-from selflengthen.engine.shared_server import free_port
-
-_STEPS = {"generate": "initial", "extend": "extended"}
-_TEXT = {"initial": "response", "extended": "extended_response"}
-
-
-def selflengthen(*args: str | Path) -> float:
-    """Run one step command; its wall time in seconds."""
-    command = [str(Path(sys.executable).parent / "selflengthen"), *map(str, args)]
-    started = time.perf_counter()
-    result = subprocess.run(command, capture_output=True, text=True)
-    if result.returncode != 0:
-        raise SystemExit(f"{' '.join(command)} failed:\n{result.stderr[-3000:]}")
-    return time.perf_counter() - started
-
-
-def step_arguments(config: RunConfig, step: str, max_tokens: int) -> list[str]:
-    if step == "generate":
-        section = config.generate
-        return ["--samples-per-instruction", str(section.samples_per_instruction),
-                "--max-retries", str(section.max_retries), "--max-tokens", str(max_tokens)]  # fmt: skip
-    section = config.extend
-    return ["--rounds", str(section.rounds), "--max-retries", str(section.max_retries),
-            "--min-ratio", str(section.min_ratio), "--max-tokens", str(max_tokens)]  # fmt: skip
-
-
-def wait_until_ready(url: str, server: subprocess.Popen[bytes], timeout: float = 900) -> None:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline and server.poll() is None:
-        try:
-            if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(2)
-    raise SystemExit("the vLLM server did not start")
 
 
 def main() -> None:
@@ -78,71 +37,51 @@ def main() -> None:
     args = parser.parse_args()
     config = load_config(args.recipe)
     model = resolve_model(config.model)
-    port = free_port("127.0.0.1")
-    url = f"http://127.0.0.1:{port}"
     max_len = max(config.engine.max_model_len, 2 * args.max_tokens + 2048)  # stage 2: text + continuation
-    command = vllm_command(EngineOptions(max_model_len=max_len, vllm_args=("--dtype", "float32")),
-                           model.source, port, config.seed)  # fmt: skip
-    server = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_environment()
-    )
+    count = args.instructions or config.self_instruct.count
     work = Path(tempfile.mkdtemp(prefix="early-stop-bench-"))
-    shared = ["--endpoint", f"{url}/v1", "--model", model.source, "--max-model-len", str(max_len),
-              "--concurrency", str(config.engine.concurrency), "--seed", str(config.seed)]  # fmt: skip
     try:
-        wait_until_ready(url, server)
-        base = work / "instructions-run"
-        count = args.instructions or config.self_instruct.count
-        selflengthen("self-instruct", "--run-dir", base, "--count", count, "--max-retries",
-                     config.self_instruct.max_retries, "--seed-language", config.self_instruct.seed_language,
-                     "--max-tokens", args.max_tokens, *shared)  # fmt: skip
-        results: dict[str, dict[str, float]] = {}
-        frames: dict[str, dict[str, pl.DataFrame]] = {}
-        for label, flag in (("off", "--no-early-stop"), ("on", "--early-stop")):
-            run = work / f"early-stop-{label}"
-            shutil.copytree(base / "iter_1" / "instructions", run / "iter_1" / "instructions")
-            seconds = tokens = 0.0
-            stopped = 0
-            for step, folder in _STEPS.items():
-                arguments = step_arguments(config, step, args.max_tokens)
-                seconds += selflengthen(step, "--run-dir", run, *arguments, *shared, flag)
-                stats = json.loads((run / "iter_1" / folder / "stats.json").read_text())
-                tokens += stats["completion_tokens"]
-                stopped += sum(counts["requests"] for counts in stats["stopped_early"].values())
-            frames[label] = {
-                folder: pl.read_parquet(run / "iter_1" / folder / "data") for folder in _STEPS.values()
+        with serving(EngineOptions(max_model_len=max_len, dtype="float32"), model.source, config.seed) as url:
+            endpoint = endpoint_flags(config, url, model.source, max_len)
+            instructions = write_instructions(
+                config, work / "instructions-run", endpoint, args.max_tokens, count
+            )
+            runs = {
+                label: generate_and_extend(
+                    config, instructions, work / f"early-stop-{label}", endpoint, args.max_tokens, flag
+                )
+                for label, flag in (("off", "--no-early-stop"), ("on", "--early-stop"))
             }
-            kept_words = int(frames[label]["extended"]["extended_words"].sum())
-            results[label] = {"completion tokens": tokens, "wall seconds": seconds,
-                              "kept extended rows": frames[label]["extended"].height,
-                              "tokens per kept word": tokens / kept_words if kept_words else float("nan"),
-                              "requests stopped early": stopped}  # fmt: skip
     finally:
-        server.terminate()
-        server.wait(timeout=60)
         if args.keep:
             shutil.copytree(work, args.keep, dirs_exist_ok=True)
         shutil.rmtree(work, ignore_errors=True)
-    identical = all(
-        frames["on"][folder]
-        .select("id", _TEXT[folder])
-        .equals(frames["off"][folder].select("id", _TEXT[folder]))
-        for folder in _STEPS.values()
-    )
+    results = {
+        label: {
+            "completion tokens": run.completion_tokens,
+            "wall seconds": run.seconds,
+            "kept extended rows": run.kept_rows,
+            "tokens per kept word": run.completion_tokens / run.kept_words
+            if run.kept_words
+            else float("nan"),
+            "requests stopped early": run.stopped_early,
+        }
+        for label, run in runs.items()
+    }
     print(f"early stop vs none: {model.spec}, {count} instructions, max_tokens {args.max_tokens}, float32")
     print(f"{'':26}{'off':>12}{'on':>12}{'on/off':>9}")
     for key in results["off"]:
         off, on = results["off"][key], results["on"][key]
         ratio = f"{on / off:.2f}" if off else "-"
         print(f"{key:26}{off:>12.1f}{on:>12.1f}{ratio:>9}")
-    print(f"kept rows identical, text for text (initial and extended): {identical}")
+    print(f"kept rows identical, text for text (initial and extended): {runs['on'].same_rows(runs['off'])}")
     saved_tokens = 1 - results["on"]["completion tokens"] / results["off"]["completion tokens"]
     saved_time = 1 - results["on"]["wall seconds"] / results["off"]["wall seconds"]
     print(f"completion tokens saved: {saved_tokens:.1%} (target >= 40%)")
     print(f"wall time saved: {saved_time:.1%} (target >= 30%)")
     texts = (
-        frames["off"]["initial"]["response"].to_list()
-        + frames["off"]["extended"]["extended_response"].to_list()
+        runs["off"].frames["initial"]["response"].to_list()
+        + runs["off"].frames["extended"]["extended_response"].to_list()
     )
     decoding = results["off"]["wall seconds"] / results["off"]["completion tokens"]
     watching = watch_seconds_per_chunk(texts)

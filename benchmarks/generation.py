@@ -27,6 +27,7 @@ from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.engine.launch import on_gpu, server_environment, vllm_command
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
+from selflengthen.engine.precision import serving_precision
 from selflengthen.prompts import shipped_seeds
 
 TARGET = 0.85
@@ -48,6 +49,7 @@ def offline_tokens_per_second(
         max_model_len=max_len,
         gpu_memory_utilization=0.9 if on_gpu() else 0.3,
         enforce_eager=not on_gpu(),
+        dtype=serving_precision("auto", on_gpu()).dtype or "auto",  # what our server is given
         seed=sampling.seed,
     )
     params = SamplingParams(
