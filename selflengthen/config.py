@@ -24,6 +24,7 @@ from selflengthen.engine.options import (
     context_problem,
     secret_flag_problem,
 )
+from selflengthen.engine.precision import Dtype
 from selflengthen.errors import SelflengthenError
 
 Positive = Annotated[int, Field(ge=1)]
@@ -89,7 +90,7 @@ class EngineSection(_Section):
     ] = False
     enforce_eager: bool | None = None
     dtype: Annotated[
-        Literal["auto", "float32", "bfloat16", "float16"],
+        Dtype,
         Field(
             description="Serving precision. auto: bfloat16 on a CPU with bf16 hardware (AMX, AVX-512 "
             "BF16), float32 on one without (AVX2 only: bf16 is emulated, ~3.5x slower), vLLM's "

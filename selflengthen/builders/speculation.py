@@ -101,9 +101,8 @@ async def attempts_in_order(
     finally:
         for task in tasks.values():
             task.cancel()
-        for attempt, task in tasks.items():
-            with contextlib.suppress(asyncio.CancelledError, Exception):
-                await task
+        await asyncio.gather(*tasks.values(), return_exceptions=True)  # what they raise is not needed
+        for attempt in tasks:
             tally.add_unneeded(tallies[attempt])
 
 

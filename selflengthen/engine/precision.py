@@ -14,9 +14,11 @@ from __future__ import annotations
 import functools
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal, get_args
 
 #: The values of `engine.dtype` / `--dtype`.
-DTYPES = ("auto", "float32", "bfloat16", "float16")
+Dtype = Literal["auto", "float32", "bfloat16", "float16"]
+DTYPES: tuple[str, ...] = get_args(Dtype)
 #: The reason given when the extra vLLM flags set the precision.
 VLLM_ARG = "set by --vllm-arg"
 #: /proc/cpuinfo flags of hardware bfloat16 arithmetic, the fastest first.
