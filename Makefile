@@ -58,6 +58,7 @@ bench: $(STAMP)  ## Print each benchmark's ratios against its in-run baseline.
 	$(PY) benchmarks/generation.py
 	$(PY) benchmarks/cpu_server.py
 	$(PY) benchmarks/early_stop.py
+	$(PY) benchmarks/engine_pace.py
 
 demo: $(STAMP)  ## The main job: the Self-Lengthen loop (2 iterations) on the embedded model, on the CPU.
 	bash recipes/smollm2-cpu.sh
