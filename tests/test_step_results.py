@@ -108,33 +108,36 @@ def test_a_finished_step_with_other_settings_is_refused_not_reported(tmp_path: P
 
 
 def test_stats_say_how_the_server_was_used_and_in_what_precision(tmp_path: Path) -> None:
-    """Mean requests in flight from the seconds the requests were open, and the attempts started
-    ahead of need with what those not needed cost, summed over the rollouts' tallies."""
+    """Mean requests in flight from the seconds the requests were open over the time the
+    rollouts ran (a resumed step's pause left out), and the attempts started ahead of need with
+    what those not needed cost, summed over the rollouts' tallies."""
+    # Two rollouts running 1000-1012 s and 1008-1020 s, then a resumed one 5000-5004 s: 24 s busy.
+    rollouts = [
+        (30.0, 2, 1, 120, (1000.0, 1012.0)),
+        (10.0, 1, 0, 0, (1008.0, 1020.0)),
+        (8.0, 0, 0, 0, (5000.0, 5004.0)),
+    ]
     tallies = []
-    for seconds, started, requests, tokens in ((30.0, 2, 1, 120), (10.0, 1, 0, 0)):
-        tally = Tally(requests=3, completion_tokens=500, request_seconds=seconds)
-        tally.speculated_attempts, tally.speculative_requests, tally.speculative_tokens = (
-            started,
-            requests,
-            tokens,
-        )
-        tallies.append({"tally": tally.as_dict()})
+    for seconds, started, requests, tokens, span in rollouts:
+        tally = Tally(requests=2, completion_tokens=333, request_seconds=seconds)
+        tally.speculated_attempts, tally.speculative_requests = started, requests
+        tally.speculative_tokens = tokens
+        tallies.append({"tally": tally.as_dict() | {"span": list(span)}})
     done = [Document(text="x", id="d0", metadata={RESULTS_KEY: tallies})]
     frame = pl.DataFrame({"words": [10]})
     step = GenerationStep("extend", step_folder(tmp_path, 1, "extended"), [], print, lambda _: (frame, {}), 1)
     ours = EngineOptions(model="m", endpoint="http://127.0.0.1:1/v1", server_pid=1, dtype="float32")
     theirs = EngineOptions(model="m", endpoint="http://127.0.0.1:1/v1")
-    started = time.monotonic() - 20.0  # a 20-second step
-    stats = step_stats(
-        step, 1, frame, done, ours, ResolvedModel("m", "m", "local"), SamplingOptions(), started
-    )
-    assert stats["requests"] == 6 and stats["completion_tokens"] == 1000  # the attempts used
+    started = time.monotonic() - 20.0  # this invocation's 20 seconds
+    model = ResolvedModel("m", "m", "local")
+    stats = step_stats(step, 1, frame, done, ours, model, SamplingOptions(), started)
+    assert stats["requests"] == 6 and stats["completion_tokens"] == 999  # the attempts used
     assert stats["speculative"] == {"attempts_started": 3, "requests": 1, "completion_tokens": 120}
-    assert stats["requests_in_flight_mean"] == pytest.approx(2.0, rel=0.01)  # 40 request-seconds in 20 s
+    assert stats["requests_in_flight_mean"] == 2.0  # 48 request-seconds in 24 busy seconds
+    assert 20.0 <= stats["seconds"] < 60  # this invocation's wall time, not the spans'
     assert stats["precision"] == {"dtype": "float32", "reason": "set by engine.dtype / --dtype"}
     assert stats["speculate"] is True
-    model = ResolvedModel("m", "m", "endpoint")
-    assert (
-        step_stats(step, 1, frame, done, theirs, model, SamplingOptions(), started)["precision"]["dtype"]
-        == "auto"
+    endpoint = step_stats(
+        step, 1, frame, done, theirs, ResolvedModel("m", "m", "endpoint"), SamplingOptions(), started
     )
+    assert endpoint["precision"]["dtype"] == "auto"

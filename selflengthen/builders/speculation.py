@@ -106,7 +106,12 @@ async def attempts_in_order(
             tally.add_unneeded(tallies[attempt])
 
 
-def mean_in_flight(request_seconds: float, seconds: float) -> float:
-    """The mean number of requests in flight over a step: the seconds its requests were open,
-    summed, over its wall time."""
-    return round(request_seconds / seconds, 2) if seconds > 0 else 0.0
+def mean_in_flight(request_seconds: float, spans: list[tuple[float, float]]) -> float:
+    """The mean number of requests in flight while a step ran: the seconds its requests were
+    open, summed, over the time at least one of its rollouts was running (the union of their
+    `(start, end)` spans: a resumed step's pause between invocations does not count)."""
+    busy, reach = 0.0, float("-inf")
+    for start, end in sorted(spans):
+        busy += max(0.0, end - max(start, reach))
+        reach = max(reach, end)
+    return round(request_seconds / busy, 2) if busy > 0 else 0.0

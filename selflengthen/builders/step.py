@@ -156,6 +156,7 @@ class Tally:
     #: Attempts started before the rule asked for their result (needed or not).
     speculated_attempts: int = 0
     started: float = field(default_factory=time.monotonic)  # when the rollout began
+    began_at: float = field(default_factory=time.time)  # the same, as a time of day (for spans)
     #: The step's requests in flight, which this tally's requests count into (None: not counted).
     meter: RequestMeter | None = field(default=None, repr=False, compare=False)
 
@@ -171,6 +172,7 @@ class Tally:
             },
             "request_errors": self.request_errors,
             "request_seconds": round(self.request_seconds, 3),
+            "span": [round(self.began_at, 3), round(time.time(), 3)],  # the rollout, start to end
             "speculative": {
                 "attempts_started": self.speculated_attempts,
                 "requests": self.speculative_requests,
@@ -604,18 +606,21 @@ def sum_tallies(documents: list[Document]) -> tuple[dict[str, int], Counter[str]
     return totals, reasons, stopped_early
 
 
-def server_use(documents: list[Document], seconds: float) -> dict[str, Any]:
-    """How the step used its server: the mean requests in flight over its `seconds`, the
-    attempts started ahead of need, and the requests and completion tokens of those that were
-    not needed."""
-    request_seconds, speculative = 0.0, {"attempts_started": 0, "requests": 0, "completion_tokens": 0}
+def server_use(documents: list[Document]) -> dict[str, Any]:
+    """How the step used its server: the mean requests in flight while its rollouts ran (also
+    over a resumed step's invocations), the attempts started ahead of need, and the requests
+    and completion tokens of those that were not needed."""
+    request_seconds, spans = 0.0, []
+    speculative = {"attempts_started": 0, "requests": 0, "completion_tokens": 0}
     for document in documents:
         for result in document.metadata.get(RESULTS_KEY, []):
             tally = result.get("tally", {})
             request_seconds += float(tally.get("request_seconds", 0.0))
+            if "span" in tally:
+                spans.append(tuple(tally["span"]))
             for key in speculative:
                 speculative[key] += int(tally.get("speculative", {}).get(key, 0))
-    return {"requests_in_flight_mean": mean_in_flight(request_seconds, seconds), "speculative": speculative}
+    return {"requests_in_flight_mean": mean_in_flight(request_seconds, spans), "speculative": speculative}
 
 
 def request_error_examples(documents: list[Document]) -> dict[str, str]:
@@ -735,7 +740,6 @@ def step_stats(
     kept (and what speculation cost) and wall time; plus `specific`."""
     totals, rejections, stopped_early = sum_tallies(done)
     examples = request_error_examples(done)
-    seconds = round(time.monotonic() - started, 1)
     return {
         "step": step.name,
         "iteration": iteration,
@@ -754,6 +758,6 @@ def step_stats(
         "sampling": sampling.lineage(),
         "precision": served_precision(engine).as_dict(),
         "speculate": sampling.speculate,
-        **server_use(done, seconds),
-        "seconds": seconds,
+        **server_use(done),
+        "seconds": round(time.monotonic() - started, 1),
     }
