@@ -1,3 +1,4 @@
+import json
 import signal
 import socket
 import subprocess
@@ -7,11 +8,13 @@ from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, HTTPServer
 from pathlib import Path
 
+import psutil
 import pytest
 
 from selflengthen.engine.launch import check_port_free, kill_process_group, process_running, vllm_command
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions, request_seed
+from selflengthen.engine.precision import serving_precision
 from selflengthen.engine.server import check_endpoint
 from selflengthen.errors import SelflengthenError
 
@@ -214,3 +217,38 @@ def test_an_endpoint_that_is_not_what_we_need_says_what_it_answered(
             check_endpoint(EngineOptions(model="m", endpoint=endpoint))
     finally:
         server.shutdown()
+
+
+def test_a_cpu_server_reserves_the_kv_cache_its_requests_can_need(tmp_path: Path) -> None:
+    """concurrency × max_model_len tokens × (layers × KV heads × head size × 2 × dtype bytes),
+    with 10% for vLLM's blocks; a model without a readable config, a memory fraction or a KV
+    flag the user gives, leaves it to vLLM."""
+    from selflengthen.engine.launch import cpu_kv_cache_bytes, on_gpu
+
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(
+        json.dumps({"num_hidden_layers": 30, "num_attention_heads": 9, "num_key_value_heads": 3,
+                    "hidden_size": 576, "dtype": "bfloat16"})
+    )  # fmt: skip
+    options = EngineOptions(concurrency=16, max_model_len=4096)
+    per_token = 2 * 30 * 3 * 64
+    assert cpu_kv_cache_bytes(options, str(model), "bfloat16") == int(16 * 4096 * per_token * 2 * 1.1)
+    assert cpu_kv_cache_bytes(options, str(model), "float32") == int(16 * 4096 * per_token * 4 * 1.1)
+    assert cpu_kv_cache_bytes(options, str(model), "auto") == int(16 * 4096 * per_token * 2 * 1.1)
+    assert cpu_kv_cache_bytes(options, str(tmp_path / "missing"), "bfloat16") is None
+    many = EngineOptions(concurrency=4096, max_model_len=32768)  # never more than a quarter of memory
+    assert cpu_kv_cache_bytes(many, str(model), "float32") == int(0.25 * psutil.virtual_memory().total)
+    if on_gpu():
+        return
+    command = vllm_command(options, str(model), 8000, seed=0)
+    assert int(command[command.index("--kv-cache-memory-bytes") + 1]) == cpu_kv_cache_bytes(
+        options, str(model), serving_precision("auto", gpu=False).dtype
+    )
+    for chosen in (
+        EngineOptions(gpu_memory_utilization=0.2),
+        EngineOptions(vllm_args=("--kv-cache-memory-bytes", "9")),
+    ):
+        assert vllm_command(chosen, str(model), 8000, seed=0).count("--kv-cache-memory-bytes") == (
+            0 if chosen.gpu_memory_utilization else 1
+        )
