@@ -23,12 +23,12 @@ import subprocess
 import time
 
 import httpx
+from step_runs import serving
 
-from selflengthen.engine.launch import on_gpu, server_environment, vllm_command
+from selflengthen.engine.launch import on_gpu
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import PAPER_SAMPLING, EngineOptions
 from selflengthen.engine.precision import cpu_flags, cpu_kind, serving_precision
-from selflengthen.engine.shared_server import free_port
 
 PRECISIONS = ("bfloat16", "float32")
 
@@ -57,28 +57,13 @@ def measure(
     options: EngineOptions, model: str, tokens: int, in_flight: list[int]
 ) -> tuple[float, dict[int, float]]:
     """Seconds until the server answered, and its tokens/s for each count of requests in flight."""
-    port = free_port("127.0.0.1")
-    command = vllm_command(options, model, port, 0)
     started = time.monotonic()
-    server = subprocess.Popen(
-        command, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=server_environment()
-    )
-    url = f"http://127.0.0.1:{port}"
-    try:
-        while time.monotonic() < started + 900:
-            try:
-                if httpx.get(f"{url}/v1/models", timeout=5).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
+    with serving(options, model, 0) as url:
         ready = time.monotonic() - started
         asyncio.run(tokens_per_second(url, model, 16, 4))  # warm-up
         return ready, {
             count: asyncio.run(tokens_per_second(url, model, tokens, count)) for count in in_flight
         }
-    finally:
-        server.terminate()
-        server.wait(timeout=60)
 
 
 def cpu_name() -> str:

@@ -63,7 +63,7 @@ def serving(options: EngineOptions, model_source: str, seed: int) -> Iterator[st
                     break
             except httpx.HTTPError:
                 pass
-            time.sleep(2)
+            time.sleep(0.5)
         yield url
     finally:
         server.terminate()
