@@ -24,13 +24,12 @@ import httpx
 from selflengthen.engine.launch import (
     die_with_parent,
     kill_process_group,
-    on_gpu,
+    served_precision,
     server_environment,
     vllm_command,
 )
 from selflengthen.engine.models import ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions
-from selflengthen.engine.precision import serving_precision
 from selflengthen.errors import SelflengthenError, ServerFailed
 
 _POLL_SECONDS = 2.0
@@ -102,7 +101,7 @@ class SharedServer:
         self.log_folder.mkdir(parents=True, exist_ok=True)
         stamp = time.strftime("%Y%m%d-%H%M%S")
         log = self.log = self.log_folder / f"vllm-{stamp}-{os.getpid()}.log"
-        precision = serving_precision(self.engine.dtype, on_gpu(), self.engine.vllm_args)
+        precision = served_precision(self.engine)
         dtype = f" in {precision.dtype}" if precision.dtype else ""
         print(f"starting vLLM for {model.spec}{dtype} ({precision.reason}; log: {log})", flush=True)
         with log.open("wb") as stream:
