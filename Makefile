@@ -63,8 +63,9 @@ bench: $(STAMP)  ## Print each benchmark's ratios against its in-run baseline.
 demo: $(STAMP)  ## The main job: the Self-Lengthen loop (2 iterations) on the embedded model, on the CPU.
 	bash recipes/smollm2-cpu.sh
 
-experiment: $(STAMP)  ## Does it lengthen? 3 iterations on the embedded model + held-out eval (~2 h, 2 cores).
-	bash recipes/smollm2-lengthen.sh
+SEED ?= 0
+experiment: $(STAMP)  ## Does it lengthen? 3 iterations on the embedded model + held-out eval (~2 h, 2 cores); SEED=1 for the replicate.
+	SEED=$(SEED) bash recipes/smollm2-lengthen.sh
 
 clean:
 	rm -rf $(VENV) .pytest_cache .ruff_cache demo-out

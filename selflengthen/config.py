@@ -185,6 +185,10 @@ class TrainSection(_Section):
     """`recipe` is a YAML file that TRL's own parser reads (`trl sft --config` takes it too)."""
 
     recipe: LaxPath
+    #: Which kept rows iteration k trains each role on, continuing from iteration k-1's
+    #: adapter either way: `new`, iteration k's rows only (the paper); `all`, the rows of
+    #: iterations 1..k, so that one iteration's few rows cannot steer the next role alone.
+    rows: Literal["new", "all"] = "new"
     launcher: Literal["python", "accelerate", "srun-accelerate"] = "python"
     accelerate_config: LaxPath | None = None
     accelerate_args: list[str] = Field(default_factory=list)

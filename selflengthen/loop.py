@@ -268,7 +268,7 @@ def _run_iteration(runner: Runner, iteration: int) -> None:
         server.stop()  # training needs the memory
         base = resolve_model(config.model).source
         for role in ROLES:
-            train_role(run_dir, iteration, role, base, config.train.recipe, launch)
+            train_role(run_dir, iteration, role, base, config.train.recipe, launch, config.train.rows)
 
     runner.step(
         "train", iteration, [trained_role(run_dir, iteration, role).folder for role in ROLES], train_both

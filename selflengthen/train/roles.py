@@ -3,8 +3,10 @@
 `runs/<name>/models/iter_<k>/<role>/` holds `adapter/` (the LoRA adapter, with
 `train_result.json`) and `merged/` (base + adapter, with the base's tokenizer and chat template,
 which vLLM serves as the role in iteration k + 1). Iteration k > 1 continues from iteration
-k - 1's adapter. Everything is written into `.<role>.partial/` and renamed into place at the end,
-so the role folder exists only when complete; a killed training starts again from scratch.
+k - 1's adapter, on iteration k's rows or (`train.rows: all`) on those of iterations 1..k, which
+are written into one table beside the adapter (`train_data/`). Everything is written into
+`.<role>.partial/` and renamed into place at the end, so the role folder exists only when
+complete; a killed training starts again from scratch.
 """
 
 from __future__ import annotations
@@ -20,11 +22,14 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+import polars as pl
 import yaml
 
+from selflengthen.builders.step import StepFolder
 from selflengthen.engine.launch import die_with_parent, on_gpu
 from selflengthen.engine.precision import cpu_flags, cpu_kind, training_bf16
 from selflengthen.errors import SelflengthenError
+from selflengthen.tables import write_table
 
 ROLES = ("generator", "extender")
 #: The SFT dataset each role learns from.
@@ -86,6 +91,28 @@ class Launch:
         return ["srun", "--ntasks-per-node=1", "bash", "-c", on_each_node]
 
 
+def trained_iterations(iteration: int, rows: str) -> list[int]:
+    """The iterations whose kept rows iteration `iteration` trains on (`train.rows`)."""
+    return list(range(1, iteration + 1)) if rows == "all" else [iteration]
+
+
+def joined_training_data(run_dir: Path, iteration: int, role: str, rows: str, output: Path) -> Path:
+    """The folder of the role's training rows (the trainer reads one dataset): its SFT data of
+    `iteration`, or those of every iteration `rows` names written together, oldest first, into
+    `output`."""
+    dataset = ROLE_DATASETS[role]
+    folders = [run_dir / f"iter_{k}" / dataset / "data" for k in trained_iterations(iteration, rows)]
+    for folder in folders:
+        if not folder.is_dir():
+            raise SelflengthenError(f"{folder}: no SFT data for the {role} (run build-sft first)")
+    if len(folders) == 1:
+        return folders[0]
+    frame = pl.concat([StepFolder(folder.parent).read() for folder in folders], how="vertical")
+    output.mkdir(parents=True, exist_ok=True)
+    write_table(frame, output / "part-00000.parquet", overwrite=True)
+    return output
+
+
 def train_role(
     run_dir: Path,
     iteration: int,
@@ -93,17 +120,17 @@ def train_role(
     base_model: str,
     recipe: Path,
     launch: Launch,
+    rows: str = "new",
 ) -> dict[str, Any]:
-    """Train `role` on `iter_<iteration>/<its SFT dataset>/` (or return the finished result)."""
+    """Train `role` on its SFT rows of `iteration` (`rows: new`) or of iterations 1..k (`rows:
+    all`), or return the finished result."""
     target = trained_role(run_dir, iteration, role)
     if target.finished():
         return target.result()
-    dataset = run_dir / f"iter_{iteration}" / ROLE_DATASETS[role] / "data"
-    if not dataset.is_dir():
-        raise SelflengthenError(f"{dataset}: no SFT data for the {role} (run build-sft first)")
     staging = TrainedRole(target.folder.with_name(f".{role}.partial"))
     shutil.rmtree(staging.folder, ignore_errors=True)
     staging.folder.mkdir(parents=True)
+    dataset = joined_training_data(run_dir, iteration, role, rows, staging.folder / "train_data")
     effective = staging.folder / "recipe.yaml"
     settings, added = effective_recipe(recipe)
     if added:
@@ -143,7 +170,10 @@ def train_role(
             f"see {log} and the output above"
         )
     merge_adapter(base_model, staging.adapter, staging.merged, launch.trust_remote_code)
-    result = staging.result() | {"seconds": round(time.monotonic() - started, 1)}
+    result = staging.result() | {
+        "seconds": round(time.monotonic() - started, 1),
+        "trained_on_iterations": trained_iterations(iteration, rows),
+    }
     (staging.adapter / "train_result.json").write_text(json.dumps(result, indent=2))
     staging.folder.rename(target.folder)
     return result
