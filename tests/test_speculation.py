@@ -6,11 +6,13 @@ from __future__ import annotations
 
 import asyncio
 from contextlib import aclosing
+from unittest.mock import patch
 
 from datatrove.pipeline.inference.types import InferenceResult
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from selflengthen.builders import speculation
 from selflengthen.builders.extend import ExtendSettings, grow
 from selflengthen.builders.speculation import MAX_AHEAD, RequestMeter, attempts_in_order
 from selflengthen.builders.step import Tally, chat
@@ -40,9 +42,12 @@ def grow_with(script: dict, speculate: bool) -> tuple:
 
     tally = Tally(meter=RequestMeter(limit=64))
     sampling = SamplingOptions(speculate=speculate)
-    growth = asyncio.run(
-        grow(words(100), ExtendSettings(rounds=3, max_retries=3, sampling=sampling), extend, tally)
-    )
+    # Looks for idle capacity every millisecond (not every 0.5 s), so that attempts of a few
+    # milliseconds run ahead too.
+    with patch.object(speculation, "_RECHECK_SECONDS", 0.001):
+        growth = asyncio.run(
+            grow(words(100), ExtendSettings(rounds=3, max_retries=3, sampling=sampling), extend, tally)
+        )
     return growth, tally
 
 
@@ -92,7 +97,8 @@ def test_attempts_not_needed_are_cancelled_and_counted_apart() -> None:
         return seen
 
     tally = Tally(meter=RequestMeter(limit=64))
-    assert asyncio.run(first_only(tally)) == [1]
+    with patch.object(speculation, "_RECHECK_SECONDS", 0.001):
+        assert asyncio.run(first_only(tally)) == [1]
     assert started == [1, *range(2, 2 + MAX_AHEAD)]  # no more than MAX_AHEAD beyond the one awaited
     assert cancelled == list(range(2, 2 + MAX_AHEAD))
     assert (tally.requests, tally.completion_tokens) == (1, 10)
@@ -125,6 +131,31 @@ def test_a_busy_server_or_speculate_off_runs_one_attempt_at_a_time() -> None:
         most[0] = 0
         asyncio.run(all_of(tally, speculate))
         assert most[0] == 1 and tally.speculative_requests == 0
+
+
+def test_rows_that_start_together_do_not_speculate_before_the_others_have_sent() -> None:
+    """When a step starts, its rows begin one after another: the first must not find the
+    server idle only because the others have not sent their first requests yet."""
+    meter = RequestMeter(limit=16)  # idle below 8 in flight
+
+    async def attempt(index: int, tally: Tally) -> int:
+        with tally.meter.request():  # type: ignore[union-attr]
+            await asyncio.sleep(0.7)
+        return index
+
+    async def row(tally: Tally) -> None:
+        async with aclosing(attempts_in_order(attempt, 3, tally, speculate=True)) as attempts:
+            async for _ in attempts:
+                break
+
+    async def step(rows: int) -> list[Tally]:
+        tallies = [Tally(meter=meter) for _ in range(rows)]
+        await asyncio.gather(*(row(tally) for tally in tallies))
+        return tallies
+
+    assert sum(tally.speculated_attempts for tally in asyncio.run(step(10))) == 0
+    # a step's tail of 2 rows leaves the server idle: each runs its next attempts ahead
+    assert [tally.speculated_attempts for tally in asyncio.run(step(2))] == [MAX_AHEAD, MAX_AHEAD]
 
 
 def test_a_cancelled_request_counts_the_tokens_it_had_streamed() -> None:

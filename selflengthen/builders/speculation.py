@@ -86,6 +86,10 @@ async def attempts_in_order(
         for attempt in range(1, count + 1):
             if attempt not in tasks:
                 start(attempt)
+            # The first look comes one interval after the attempt started, never at once: when a
+            # step starts, its rows begin one after another, and a row that looked at once would
+            # find the server idle only because the others had not sent their requests yet.
+            await asyncio.wait({tasks[attempt]}, timeout=_RECHECK_SECONDS if meter is not None else None)
             while not tasks[attempt].done():
                 ahead = max(tasks) - attempt
                 if meter is not None and max(tasks) < count and ahead < MAX_AHEAD and meter.idle():
