@@ -101,6 +101,11 @@ def test_eval_compare_measures_growth_on_prompts_the_run_never_saw(tmp_path: Pat
         cut = 100 * (answered["finish_reason"] == "length").sum() / answered.height
         assert entry["cut_at_max_tokens_pct"] == pytest.approx(cut, abs=0.05)
         assert entry["length_score"] == results["aggregates"][label]["overall"]
+        evidence = pl.read_ndjson(out / "heldout_answers" / f"{label}.jsonl")
+        assert evidence.height == 4
+        assert evidence["words"].drop_nulls().sort().to_list() == sorted(entry["words"])
+        passed = evidence.filter(pl.col("text").is_not_null())["pass_ending"]
+        assert entry["pass_ending_pct"] == pytest.approx(100 * passed.sum() / passed.len(), abs=0.05)
     assert "ratio_to_base" not in growth["models"]["base"]
     ratio = growth["models"]["iter-1"]["ratio_to_base"]
     base_mean, trained_mean = (growth["models"][label]["mean_words"]["value"] for label in ("base", "iter-1"))

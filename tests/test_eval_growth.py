@@ -11,7 +11,14 @@ import pytest
 
 from selflengthen.errors import SelflengthenError
 from selflengthen.eval import bootstrap
-from selflengthen.eval.growth import GROWTH_ROWS, HELDOUT, growth_setup, load_growth_prompts, summarise
+from selflengthen.eval.growth import (
+    GROWTH_ROWS,
+    HELDOUT,
+    growth_setup,
+    heldout_answers,
+    load_growth_prompts,
+    summarise,
+)
 from selflengthen.eval.overlap import find_overlaps, similarity
 from selflengthen.eval.prompts import load_prompts
 from selflengthen.eval.report import write_report
@@ -140,6 +147,11 @@ def test_setup_refuses_a_prompt_file_without_prompts(tmp_path: Path) -> None:
 
 
 def _answers(label: str, texts: dict[tuple[str, int], tuple[str | None, str | None]]) -> pl.DataFrame:
+    """A model's growth answers as `eval` hands them to `summarise`."""
+    return heldout_answers(_responses(label, texts))
+
+
+def _responses(label: str, texts: dict[tuple[str, int], tuple[str | None, str | None]]) -> pl.DataFrame:
     return pl.DataFrame(
         [
             {
@@ -205,6 +217,30 @@ def test_summary_figures_per_model(tmp_path: Path) -> None:
     assert first["prompts_longer_than_base_pct"] == 100.0
     assert "ratio_to_base" not in summary["models"]["base"]
     assert math.isclose(summary["models"]["base"]["mean_words"]["value"], 15.0)
+
+
+LOOP = " ".join(["again and again"] * 40) + "."
+
+
+def test_heldout_answers_are_the_evidence_behind_every_figure() -> None:
+    answers = _responses(
+        "iter-1",
+        {
+            ("b", 1): (_text(30), "stop"),
+            ("a", 2): (_text(20, end=""), "length"),
+            ("a", 1): (LOOP, "stop"),
+            ("b", 2): (None, None),
+        },
+    )
+    evidence = heldout_answers(answers)
+    assert evidence.columns == [
+        "prompt_id", "sample", "text", "words", "finish_reason", "pass_repetition", "pass_ending"
+    ]  # fmt: skip
+    assert evidence.select("prompt_id", "sample").rows() == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
+    texts = [LOOP, _text(20, end=""), _text(30)]
+    assert evidence["words"].to_list() == [*map(count_words, texts), None]
+    assert evidence["pass_repetition"].to_list() == [False, True, True, None]
+    assert evidence["pass_ending"].to_list() == [True, False, True, None]
 
 
 def test_report_files_hold_the_growth_table_and_plots(tmp_path: Path) -> None:

@@ -141,36 +141,55 @@ def _matrix(frame: pl.DataFrame, prompt_ids: list[str], samples: int) -> np.ndar
     matrix = np.full((len(prompt_ids), samples), np.nan)
     row_of = {prompt_id: index for index, prompt_id in enumerate(prompt_ids)}
     for row in frame.iter_rows(named=True):
-        if row["response"] is not None:
+        if row["text"] is not None:
             matrix[row_of[row["prompt_id"]], row["sample"] - 1] = row["words"]
     return matrix
 
 
+def heldout_answers(frame: pl.DataFrame) -> pl.DataFrame:
+    """One model's growth answers as evidence (`eval --compare` writes them to
+    `heldout_answers/<model>.jsonl`): prompt id, sample, text, words, finish reason and the
+    verdict of each filter the figures count (null where the request failed)."""
+    frame = frame.sort("prompt_id", "sample")
+    checks = [_passes(text) if text is not None else None for text in frame["response"]]
+    return pl.DataFrame(
+        {
+            "prompt_id": frame["prompt_id"],
+            "sample": frame["sample"],
+            "text": frame["response"],
+            "words": frame["response"].map_elements(count_words, return_dtype=pl.Int64),
+            "finish_reason": frame["finish_reason"],
+            **{
+                f"pass_{name}": pl.Series([check and check[name] for check in checks], dtype=pl.Boolean)
+                for name in _FILTERS
+            },
+        }
+    )
+
+
 def summarise(answers: dict[str, pl.DataFrame], setup: GrowthSetup, seed: int) -> dict[str, Any]:
     """The growth figures of every model (see the module's docstring); `answers` holds each
-    model's growth rows with `response` and `finish_reason`."""
+    model's `heldout_answers`."""
     prompt_ids = sorted(setup.requests["prompt_id"].unique().to_list())
     samples = int(setup.requests["sample"].max())  # type: ignore[arg-type]
     matrices = {}
     models: dict[str, Any] = {}
     for label, frame in answers.items():
-        frame = frame.with_columns(
-            pl.col("response").map_elements(count_words, return_dtype=pl.Int64).alias("words")
-        )
         matrices[label] = _matrix(frame, prompt_ids, samples)
-        answered = frame.filter(pl.col("response").is_not_null())
-        checks = [_passes(text) for text in answered["response"]]
+        answered = frame.filter(pl.col("text").is_not_null())
         mean, median = bootstrap.mean_and_median(matrices[label], seed=seed)
         share = 100 / max(answered.height, 1)
+        passes = {name: int(answered[f"pass_{name}"].sum()) for name in _FILTERS}
+        both = int(answered.select(pl.all_horizontal(f"pass_{name}" for name in _FILTERS)).to_series().sum())
         models[label] = {
             "answers": answered.height,
             "failed_requests": frame.height - answered.height,
             "mean_words": mean.rounded(1),
             "median_words": median.rounded(1),
             "cut_at_max_tokens_pct": round(share * int((answered["finish_reason"] == "length").sum()), 1),
-            "pass_repetition_pct": round(share * sum(check["repetition"] for check in checks), 1),
-            "pass_ending_pct": round(share * sum(check["ending"] for check in checks), 1),
-            "pass_both_pct": round(share * sum(all(check.values()) for check in checks), 1),
+            "pass_repetition_pct": round(share * passes["repetition"], 1),
+            "pass_ending_pct": round(share * passes["ending"], 1),
+            "pass_both_pct": round(share * both, 1),
             "words": [int(words) for words in answered["words"]],
         }
     base = matrices.get(setup.base_label)

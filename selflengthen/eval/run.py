@@ -23,12 +23,12 @@ from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError
-from selflengthen.eval.growth import GROWTH_ROWS, GrowthSetup, summarise
+from selflengthen.eval.growth import GROWTH_ROWS, GrowthSetup, heldout_answers, summarise
 from selflengthen.eval.prompts import normalise
 from selflengthen.eval.report import write_report
 from selflengthen.eval.rollouts import CRITERIA, answer_rollout, judge_rollout
 from selflengthen.eval.scores import length_following_score, longbench_length_score
-from selflengthen.tables import read_table, require_columns
+from selflengthen.tables import read_table, require_columns, write_table
 from selflengthen.text import count_words
 
 _LABEL = r"^[\w.+-]+$"
@@ -246,7 +246,7 @@ def evaluate(
         for contender in contenders:
             answered = _answers(contender, asked, out, server, sampling)
             if growth is not None:
-                growth_answers[contender.label] = answered.filter(GROWTH_ROWS)
+                growth_answers[contender.label] = heldout_answers(answered.filter(GROWTH_ROWS))
                 answered = answered.filter(~GROWTH_ROWS).drop("prompt_id", "sample")
             frames.append(answered)
         frames += existing
@@ -260,5 +260,10 @@ def evaluate(
     finally:
         server.stop()
         judge_server.stop()
-    growth_summary = summarise(growth_answers, growth, sampling.seed) if growth is not None else None
+    growth_summary = None
+    if growth is not None:
+        growth_summary = summarise(growth_answers, growth, sampling.seed)
+        for label, frame in growth_answers.items():
+            (out / "heldout_answers").mkdir(exist_ok=True)
+            write_table(frame, out / "heldout_answers" / f"{label}.jsonl", overwrite=True)
     return write_report(pl.concat(scored, how="diagonal_relaxed"), out, judge is not None, growth_summary)
