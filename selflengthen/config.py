@@ -26,6 +26,7 @@ from selflengthen.engine.options import (
 )
 from selflengthen.engine.precision import Dtype
 from selflengthen.errors import SelflengthenError
+from selflengthen.strict_yaml import DuplicateKeyError, load_yaml
 
 Positive = Annotated[int, Field(ge=1)]
 Probability = Annotated[float, Field(ge=0, le=1)]
@@ -393,7 +394,9 @@ def load_config(path: Path, overrides: list[str] | None = None) -> RunConfig:
     except (OSError, UnicodeDecodeError) as error:
         raise SelflengthenError(f"{path}: cannot read it ({error})") from None
     try:
-        data = yaml.safe_load(text)
+        data = load_yaml(text)
+    except DuplicateKeyError as error:
+        raise SelflengthenError(f"{path}: {error.problem}") from None
     except yaml.YAMLError as error:
         mark = getattr(error, "problem_mark", None)
         where = f" (line {mark.line + 1})" if mark else ""

@@ -163,3 +163,33 @@ def test_engine_ray_becomes_ray_options_and_excludes_slurm(tmp_path: Path) -> No
         SelflengthenError, match=r"engine.ray.tasks: Input should be greater than or equal to 1"
     ):
         load_config(write_config(tmp_path, {"engine": {"ray": {"tasks": 0}}}))
+
+
+def test_a_key_written_twice_is_refused_naming_both_lines(tmp_path: Path) -> None:
+    """YAML lets the second block win silently; a run config must not lose the first."""
+    (tmp_path / "sft.yaml").write_text("use_peft: true\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "name: x\ntrain:\n  recipe: sft.yaml\nextend:\n  rounds: 3\nsampling:\n  top_p: 0.8\n"
+        "extend:\n  max_retries: 2\n"
+    )
+    with pytest.raises(SelflengthenError) as error:
+        load_config(config)
+    assert str(error.value) == f"{config}: key 'extend' appears twice (lines 4 and 8); keep one"
+    config.write_text("name: x\ntrain:\n  recipe: sft.yaml\n  recipe: other.yaml\n")
+    with pytest.raises(SelflengthenError, match=r"key 'recipe' appears twice \(lines 3 and 4\)"):
+        load_config(config)
+    (tmp_path / "sft.yaml").write_text("use_peft: true\nlearning_rate: 1.0e-4\nlearning_rate: 1.0e-3\n")
+    with pytest.raises(SelflengthenError, match=r"sft.yaml: key 'learning_rate' appears twice \(lines 2 and"):
+        check_recipe(tmp_path / "sft.yaml")
+
+
+def test_merge_keys_may_still_override_what_they_merge(tmp_path: Path) -> None:
+    (tmp_path / "sft.yaml").write_text("use_peft: true\n")
+    config = tmp_path / "run.yaml"
+    config.write_text(
+        "name: x\ntrain: {recipe: sft.yaml}\ngenerate: &common {max_retries: 2}\n"
+        "extend:\n  <<: *common\n  max_retries: 4\n"
+    )
+    loaded = load_config(config)
+    assert (loaded.generate.max_retries, loaded.extend.max_retries) == (2, 4)

@@ -19,6 +19,7 @@ import yaml
 from selflengthen.config import EngineSection, RunConfig, TrainSection
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.errors import SelflengthenError
+from selflengthen.strict_yaml import DuplicateKeyError, load_yaml
 
 #: accelerate's distributed types that run one process per GPU.
 _GPU_DISTRIBUTED_TYPES = {"MULTI_GPU", "DEEPSPEED", "FSDP"}
@@ -56,7 +57,9 @@ def accelerate_settings(train: TrainSection, name: Namer = config_key) -> dict[s
         return {}
     key = name("accelerate_config")
     try:
-        settings = yaml.safe_load(Path(path).read_text(encoding="utf-8"))
+        settings = load_yaml(Path(path).read_text(encoding="utf-8"))
+    except DuplicateKeyError as error:
+        raise SelflengthenError(f"{key}: {path}: {error.problem}") from None
     except OSError as error:
         raise SelflengthenError(f"{key}: {path}: {error.strerror or error}") from None
     except (UnicodeDecodeError, yaml.YAMLError) as error:

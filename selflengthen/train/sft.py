@@ -23,6 +23,7 @@ import yaml
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 from selflengthen.errors import SelflengthenError
+from selflengthen.strict_yaml import DuplicateKeyError, load_yaml
 
 
 @dataclass
@@ -56,7 +57,9 @@ def check_recipe(path: Path) -> dict[str, Any]:
     sets a key the loop sets itself, or asks for what this entry point cannot do (values are
     otherwise checked by TRL when training starts). Returns the recipe's settings."""
     try:
-        data = yaml.safe_load(path.read_text(encoding="utf-8"))
+        data = load_yaml(path.read_text(encoding="utf-8"))
+    except DuplicateKeyError as error:
+        raise SelflengthenError(f"{path}: {error.problem}") from None
     except (OSError, UnicodeDecodeError, yaml.YAMLError) as error:
         raise SelflengthenError(f"{path}: cannot be read as YAML ({type(error).__name__})") from None
     if not isinstance(data, dict):
