@@ -27,6 +27,7 @@ from selflengthen.cli_steps import (
     build_sft_command,
     collect_command,
     length_control_command,
+    lock_run_dir,
     previous_step,
     train_command,
 )
@@ -232,6 +233,7 @@ def _report(stats: dict, folder: Path) -> None:
 
 
 def _serve_step(
+    command: str,
     run_dir: Path,
     iteration: int,
     folder_name: str,
@@ -242,6 +244,7 @@ def _serve_step(
     if the step has not finished), restarted and the step resumed if it dies; or `--endpoint`.
     Reports the step's stats and returns them."""
     engine, model, sampling = served
+    lock_run_dir(run_dir, command)
     folder = step_folder(run_dir, iteration, folder_name)
     stats = finished_stats(folder, sampling)
     if stats is None:
@@ -280,7 +283,7 @@ def self_instruct_command(
     settings = SelfInstructSettings(count=count, max_retries=max_retries, sampling=sampling)
     seed_frame = seed_instructions(seeds, seed_language.value, "--seed-language")
     stats = _serve_step(
-        run_dir, iteration, "instructions", (engine, model, sampling),
+        "self-instruct", run_dir, iteration, "instructions", (engine, model, sampling),
         lambda engine: run_self_instruct(run_dir, iteration, seed_frame, engine, model, settings),
     )  # fmt: skip
     if stats["rows_out"] < stats["requested"]:
@@ -312,7 +315,7 @@ def generate_command(
         )
     )
     _serve_step(
-        run_dir, iteration, "initial", (engine, model, sampling),
+        "generate", run_dir, iteration, "initial", (engine, model, sampling),
         lambda engine: run_generate(run_dir, iteration, frame, engine, model, settings),
     )  # fmt: skip
 
@@ -343,7 +346,7 @@ def extend_command(
     settings = ExtendSettings(rounds, max_retries, min_ratio, sampling, force_growth)
     initial = previous_step(run_dir, iteration, "initial", "run generate first")
     _serve_step(
-        run_dir, iteration, "extended", (engine, model, sampling),
+        "extend", run_dir, iteration, "extended", (engine, model, sampling),
         lambda engine: run_extend(run_dir, iteration, initial, engine, model, settings),
     )  # fmt: skip
 

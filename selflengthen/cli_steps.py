@@ -31,11 +31,18 @@ from selflengthen.config import (
 )
 from selflengthen.engine.models import DEFAULT_MODEL, resolve_model
 from selflengthen.errors import require_folder
+from selflengthen.folder_lock import hold_for_process
 from selflengthen.train.roles import ROLES, Launch, effective_recipe, train_role, trained_role
 
 
 def _run_dir(value: Path) -> Path:
     return require_folder(value, "--run-dir")
+
+
+def lock_run_dir(run_dir: Path, command: str) -> None:
+    """Hold the run folder's lock for the rest of step command `command` (one selflengthen
+    command per folder, `folder_lock`): taken once its input is checked, before it writes."""
+    hold_for_process(run_dir, command)
 
 
 RUN_DIR_OPTION = typer.Option(
@@ -74,12 +81,18 @@ def build_sft_command(
     if (made := extender_data.recorded_stats()) is not None:
         wanted = {"line_drop_probability": settings.line_drop_probability, "seed": seed}
         refuse_other_settings(extender_data.root, made, wanted)
+    lock_run_dir(run_dir, "build-sft")
     results = run_build_sft(run_dir, iteration, extended, settings.line_drop_probability, seed)
     for step, stats in results.items():
         typer.echo(
             f"{step}: {stats['rows_out']} rows; {_words(stats)} -> "
             f"{step_folder(run_dir, iteration, step).root}"
         )
+
+
+class TrainingRows(StrEnum):
+    new = "new"
+    all = "all"
 
 
 class Role(StrEnum):
@@ -102,6 +115,13 @@ def train_command(
         ),
     ] = DEFAULT_MODEL,
     role: Annotated[Role, typer.Option(help="Which role to train.")] = Role.both,
+    rows: Annotated[
+        TrainingRows,
+        typer.Option(
+            help="new: this iteration's SFT rows (the paper); all: those of iterations 1..k (a run "
+            "config's train.rows). Either way iteration k > 1 continues from k-1's adapter."
+        ),
+    ] = TrainingRows.new,
     launcher: Annotated[
         str,
         typer.Option(
@@ -121,8 +141,9 @@ def train_command(
 ) -> None:
     """LoRA-train the Generator and/or Extender, merged for serving: models/iter_<k>/ (step 5).
 
-    Trains on this iteration's SFT data (build-sft); iteration k > 1 continues from iteration
-    k-1's adapters. The recipe runs as written (see the README's Training section)."""
+    Trains on this iteration's SFT data (build-sft), or with --rows all on that of iterations
+    1..k; iteration k > 1 continues from iteration k-1's adapters. The recipe runs as written
+    (see the README's Training section)."""
     from selflengthen.train.preflight import check_training, visible_gpus
     from selflengthen.train.sft import check_recipe  # imports TRL (seconds): after the quick checks
 
@@ -131,6 +152,7 @@ def train_command(
         TrainSection,
         {
             "recipe": recipe,
+            "rows": rows.value,
             "launcher": launcher,
             "accelerate_config": accelerate_config,
             "accelerate_args": accelerate_args or [],
@@ -143,12 +165,13 @@ def train_command(
     launch = Launch(
         settings.launcher, settings.accelerate_config, tuple(settings.accelerate_args), trust_remote_code
     )
+    lock_run_dir(run_dir, "train")
     for name in ROLES if role is Role.both else (role.value,):
         trained = trained_role(run_dir, iteration, name)
         if trained.finished():
             before = yaml.safe_load((trained.folder / "recipe.yaml").read_text(encoding="utf-8"))
             refuse_other_settings(trained.folder, before, effective_recipe(settings.recipe)[0])
-        result = train_role(run_dir, iteration, name, base, settings.recipe, launch)
+        result = train_role(run_dir, iteration, name, base, settings.recipe, launch, settings.rows)
         typer.echo(
             f"{name}: loss {result['training_loss']:.4f} after {result['global_step']} steps on "
             f"{result['rows']} rows -> {run_dir / 'models' / f'iter_{iteration}' / name}"
@@ -197,6 +220,7 @@ def collect_command(
         step_folder(run_dir, last + 1, "initial").require_finished(
             "run generate for the extra instructions first"
         )
+    lock_run_dir(run_dir, "collect")
     stats = run_collect(run_dir, last, extra)
     typer.echo(
         f"long: {stats['rows_in']} in -> {stats['rows_out']} rows; {_words(stats)} -> "
@@ -242,6 +266,7 @@ def length_control_command(
     if (made := final_folder(run_dir).recorded_stats()) is not None:
         before = made["settings"] | {"seed": made["seed"]}
         refuse_other_settings(final_folder(run_dir).root, before, settings.model_dump() | {"seed": seed})
+    lock_run_dir(run_dir, "length-control")
     stats = run_length_control(run_dir, folder.read(), settings, seed)
     typer.echo(
         f"final: {stats['rows_in']} in -> {stats['rows_out']} rows ({stats['outside_length_bounds']} outside "

@@ -12,13 +12,10 @@ of the first selected iteration on purpose. Nothing is deleted.
 
 from __future__ import annotations
 
-import fcntl
 import json
-import os
 import shutil
 import time
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -38,6 +35,7 @@ from selflengthen.engine.launch import check_port_free
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError, require_folder
+from selflengthen.folder_lock import folder_lock
 from selflengthen.interrupts import children_die_with_us
 from selflengthen.train.roles import ROLES, Launch, train_role, trained_role
 
@@ -133,24 +131,6 @@ def empty_extended_error(iteration: int, stats: dict[str, Any], folder: Path) ->
     )
 
 
-@contextmanager
-def run_lock(run_dir: Path) -> Iterator[None]:
-    """One `selflengthen run` per run folder at a time."""
-    run_dir.mkdir(parents=True, exist_ok=True)
-    # A POSIX record lock belongs to this process alone: processes it forks (datatrove starts a
-    # multiprocess Manager per step) do not inherit it, so it ends when this process does, even
-    # on kill -9. (flock would live on in any forked child.)
-    with (run_dir / ".lock").open("a+") as handle:  # not "w": that would empty the holder's file
-        try:
-            fcntl.lockf(handle, fcntl.LOCK_EX | fcntl.LOCK_NB)
-        except OSError:
-            raise SelflengthenError(f"{run_dir}: another selflengthen run is using this run folder") from None
-        handle.truncate(0)
-        handle.write(f"{os.getpid()}\n")
-        handle.flush()
-        yield
-
-
 def check_run_folder(config: RunConfig, run_dir: Path) -> None:
     """Refuse a run folder made by a different config (or training recipe)."""
     saved_path, recipe_copy = run_dir / "config.yaml", run_dir / "train_recipe.yaml"
@@ -196,7 +176,7 @@ def run_loop(
     force_from = _force_point(from_step, iterations)
     children_die_with_us()
     check_before_run(config)
-    with run_lock(run_dir):
+    with folder_lock(run_dir, "run"):
         save_config(config, run_dir)
         server = SharedServer(config.engine.options(config.model), run_dir / "server_logs", config.seed)
         runner = Runner(config, run_dir, server, force_from, verbose)

@@ -14,7 +14,8 @@ from selflengthen.config import load_config
 from selflengthen.engine.options import EngineOptions
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError
-from selflengthen.loop import Runner, empty_extended_error, run_lock, save_config
+from selflengthen.folder_lock import folder_lock
+from selflengthen.loop import Runner, empty_extended_error, save_config
 
 
 def make_runner(tmp_path: Path, force_from: tuple[int | None, str] | None = None) -> Runner:
@@ -73,18 +74,17 @@ def test_one_run_per_folder(tmp_path: Path) -> None:
     attempt = [
         sys.executable,
         "-c",
-        "from pathlib import Path\nfrom selflengthen.loop import run_lock\n"
-        f"with run_lock(Path({str(tmp_path)!r})): pass",
+        "from pathlib import Path\nfrom selflengthen.folder_lock import folder_lock\n"
+        f"with folder_lock(Path({str(tmp_path)!r}), 'run'): pass",
     ]
 
     def other_process() -> subprocess.CompletedProcess[str]:
         return subprocess.run(attempt, capture_output=True, text=True, cwd=tmp_path)
 
-    with run_lock(tmp_path):
+    with folder_lock(tmp_path, "run"):
         refused = other_process()
-        assert (
-            refused.returncode != 0 and "another selflengthen run is using this run folder" in refused.stderr
-        )
+        assert refused.returncode != 0
+        assert f"{tmp_path}: in use by selflengthen run (pid {os.getpid()}); wait" in refused.stderr
         pid = os.fork()  # a forked child must not keep the lock alive
         if pid == 0:
             time.sleep(30)

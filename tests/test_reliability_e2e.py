@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import subprocess
 from pathlib import Path
 
@@ -58,9 +59,12 @@ def test_the_disturbed_run_equals_the_undisturbed_steps(reference_run: Reference
 def test_a_second_run_on_the_same_folder_is_refused(reference_run: ReferenceRun) -> None:
     second = reference_run.second  # tried while the first invocation ran
     assert second.returncode == 2
-    assert second.stderr.strip().splitlines() == [
-        f"selflengthen: error: {reference_run.run_dir}: another selflengthen run is using this run folder"
-    ]
+    [line] = second.stderr.strip().splitlines()
+    assert re.fullmatch(
+        rf"selflengthen: error: {re.escape(str(reference_run.run_dir))}: in use by selflengthen run "
+        r"\(pid \d+\); wait for it to finish, or stop it, before running selflengthen run on this folder",
+        line,
+    )
 
 
 def test_the_server_listens_on_localhost_without_remote_code(reference_run: ReferenceRun) -> None:

@@ -11,6 +11,7 @@ import polars as pl
 import pytest
 import yaml
 
+from selflengthen.folder_lock import LOCK_NAME
 from tests.run_fixture import RECIPE, make_run
 
 SCRIPT = shutil.which("selflengthen", path=str(Path(sys.executable).parent))
@@ -24,7 +25,12 @@ def selflengthen(*args: str | Path) -> subprocess.CompletedProcess[str]:
 
 
 def files(folder: Path) -> dict[str, bytes]:
-    return {str(path.relative_to(folder)): path.read_bytes() for path in folder.rglob("*") if path.is_file()}
+    """The folder's files, but the lock record that every command on it rewrites."""
+    return {
+        str(path.relative_to(folder)): path.read_bytes()
+        for path in folder.rglob("*")
+        if path.is_file() and path.name != LOCK_NAME
+    }
 
 
 def one_line_error(result: subprocess.CompletedProcess[str]) -> str:
@@ -52,6 +58,37 @@ def test_each_step_alone_writes_what_the_loop_wrote(tmp_path: Path) -> None:
     for folder in ("iter_1/gen_sft", "iter_1/ext_sft", "long", "final"):
         expected = pl.read_parquet(made_by_loop / folder / "data" / "*.parquet")
         assert pl.read_parquet(run_dir / folder / "data" / "*.parquet").equals(expected), folder
+
+
+def test_a_step_command_is_refused_while_another_command_holds_the_folder(
+    tmp_path: Path,
+) -> None:
+    """Two commands on one run folder would write the same step folders: the second is refused
+    with one line naming the holder, before any work, and runs once the holder has ended."""
+    run_dir = make_run(tmp_path, iterations=1, trained=0, final=False)
+    shutil.rmtree(run_dir / "iter_1" / "gen_sft")
+    holder = subprocess.Popen(
+        [
+            sys.executable, "-c",
+            "import time\nfrom pathlib import Path\nfrom selflengthen.folder_lock import hold_for_process\n"
+            f"hold_for_process(Path({str(run_dir)!r}), 'generate')\n"
+            "print('held', flush=True)\ntime.sleep(60)",
+        ],
+        stdout=subprocess.PIPE, text=True,
+    )  # fmt: skip
+    try:
+        assert holder.stdout is not None and holder.stdout.readline() == "held\n"
+        line = one_line_error(selflengthen("build-sft", "--run-dir", run_dir))
+        assert line == (
+            f"selflengthen: error: {run_dir}: in use by selflengthen generate (pid {holder.pid}); wait for "
+            "it to finish, or stop it, before running selflengthen build-sft on this folder"
+        )
+        assert not (run_dir / "iter_1" / "gen_sft").exists()
+    finally:
+        holder.kill()
+        holder.wait()
+    assert selflengthen("build-sft", "--run-dir", run_dir).returncode == 0  # the holder is gone (kill -9)
+    assert (run_dir / "iter_1" / "gen_sft" / "stats.json").is_file()
 
 
 def test_a_finished_step_asked_for_with_other_settings_is_refused(tmp_path: Path) -> None:

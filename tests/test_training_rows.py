@@ -66,3 +66,11 @@ def test_the_paper_rule_is_the_default(tmp_path: Path) -> None:
     )
     with pytest.raises(SelflengthenError, match=r"train.rows"):
         load_config(tmp_path / "run.yaml")
+
+
+def test_the_train_command_offers_the_run_configs_choices_and_default() -> None:
+    from selflengthen.cli_steps import TrainingRows
+    from selflengthen.config import TrainSection
+
+    assert [choice.value for choice in TrainingRows] == ["new", "all"]
+    assert TrainingRows.new.value == TrainSection.model_fields["rows"].default
