@@ -8,7 +8,9 @@ from __future__ import annotations
 
 import hashlib
 import io
+import json
 import os
+import re
 import tempfile
 from pathlib import Path
 
@@ -68,11 +70,78 @@ def table_format(path: Path) -> str:
         ) from None
 
 
+#: A JSON escape that may stand for no character (a UTF-16 surrogate) or for NUL: the lines
+#: holding one are parsed again to see whether it is a lone surrogate or a NUL in a string.
+_SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
+_BOM = b"\xef\xbb\xbf"
+
+
+def _line_of(raw: bytes, offset: int) -> int:
+    return raw.count(b"\n", 0, offset) + 1
+
+
+def _bad_string(value: object, field: str) -> tuple[str, str] | None:
+    """The field and the problem of the first string in a JSON value that is not text."""
+    if isinstance(value, str):
+        if "\x00" in value:
+            return field, "a NUL character (\\u0000)"
+        try:
+            value.encode("utf-8")
+        except UnicodeEncodeError as error:
+            return field, f"a lone UTF-16 surrogate (\\u{ord(value[error.start]):04x}), which is no character"
+        return None
+    if isinstance(value, dict):
+        items = value.items()
+    elif isinstance(value, list):
+        items = ((f"{index}", item) for index, item in enumerate(value))
+    else:
+        return None
+    for key, item in items:
+        if found := _bad_string(item, f"{field}.{key}" if field else str(key)):
+            return found
+    return None
+
+
+def check_text(raw: bytes, path: Path, kind: str) -> bytes:
+    """The bytes of a JSONL or CSV file as text the tables may hold, or a one-line error naming
+    the cause and the place: not UTF-8, a NUL byte, or (JSONL) a string escaping a lone UTF-16
+    surrogate or NUL, which would otherwise reach the model or the output as U+0000 or worse. A
+    UTF-8 byte-order mark at the start (spreadsheets write one) is dropped: it is not text."""
+    raw = raw.removeprefix(_BOM)
+    try:
+        raw.decode("utf-8")
+    except UnicodeDecodeError as error:
+        raise SelflengthenError(
+            f"{path}: not UTF-8 text (bad byte at offset {error.start}, line {_line_of(raw, error.start)})"
+        ) from None
+    if (nul := raw.find(b"\x00")) >= 0:
+        raise SelflengthenError(
+            f"{path}: line {_line_of(raw, nul)}: a NUL byte (offset {nul}); the file is not text"
+        )
+    if kind == "jsonl":
+        checked: set[int] = set()
+        for match in _SUSPECT_ESCAPE.finditer(raw):
+            line = _line_of(raw, match.start())
+            if line in checked:
+                continue
+            checked.add(line)
+            start = raw.rfind(b"\n", 0, match.start()) + 1
+            end = raw.find(b"\n", match.start())
+            try:
+                record = json.loads(raw[start : end if end >= 0 else len(raw)])
+            except ValueError:
+                continue  # polars names the syntax error
+            if found := _bad_string(record, ""):
+                field, problem = found
+                raise SelflengthenError(f"{path}: line {line}, field {field!r}: {problem}")
+    return raw
+
+
 def read_table(path: Path) -> pl.DataFrame:
     """Read a JSONL, CSV or parquet file into a polars frame.
 
-    Raises `SelflengthenError` (naming the file) when it is missing, of an unknown type, not
-    UTF-8, unparsable, or has no rows.
+    Raises `SelflengthenError` (naming the file, and the line where it can) when it is missing,
+    of an unknown type, not text (`check_text`), unparsable, or has no rows.
     """
     kind = table_format(path)
     if not path.is_file():
@@ -81,13 +150,7 @@ def read_table(path: Path) -> pl.DataFrame:
         if kind == "parquet":
             frame = pl.read_parquet(path)
         else:
-            raw = path.read_bytes()
-            try:
-                raw.decode("utf-8")
-            except UnicodeDecodeError as error:
-                raise SelflengthenError(
-                    f"{path}: not UTF-8 text (bad byte at offset {error.start})"
-                ) from None
+            raw = check_text(path.read_bytes(), path, kind)
             if not raw.strip():
                 raise SelflengthenError(f"{path}: the file is empty")
             frame = pl.read_ndjson(io.BytesIO(raw)) if kind == "jsonl" else pl.read_csv(io.BytesIO(raw))

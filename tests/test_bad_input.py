@@ -23,6 +23,7 @@ from typing import Any
 import pytest
 import yaml
 
+from selflengthen.folder_lock import LOCK_NAME
 from tests.run_fixture import make_run
 
 pytestmark = pytest.mark.e2e
@@ -137,6 +138,24 @@ def cases(busy_port: int, closed_port: int, web_port: int) -> list[Case]:
             "latin1.jsonl: not UTF-8",
             "latin1.jsonl",
             '{"instruction": "caf\xe9"}\n'.encode("latin-1"),
+        ),
+        seeds_case(
+            "seeds with a NUL byte",
+            "nul.jsonl: line 2: a NUL byte (offset 52); the file is not text",
+            "nul.jsonl",
+            b'{"instruction": "Write a poem."}\n{"instruction": "Wr\x00ite."}\n',
+        ),
+        Case(
+            "instruction escaping a lone surrogate",
+            [*GENERATE[:-1], "{case}/surrogate.jsonl"],
+            "surrogate.jsonl: line 1, field 'instruction': a lone UTF-16 surrogate (\\ud800)",
+            files={"surrogate.jsonl": '{"instruction": "Write about \\ud800 this."}\n'},
+        ),
+        Case(
+            "instruction escaping NUL",
+            [*GENERATE[:-1], "{case}/nul-escape.jsonl"],
+            "nul-escape.jsonl: line 1, field 'instruction': a NUL character",
+            files={"nul-escape.jsonl": '{"instruction": "Write\\u0000 this."}\n'},
         ),
         seeds_case(
             "seeds with the wrong column",
@@ -299,10 +318,12 @@ def cases(busy_port: int, closed_port: int, web_port: int) -> list[Case]:
 
 
 def snapshot(folder: Path) -> dict[str, bytes | None]:
-    """Every path under `folder` with its bytes (None for a folder)."""
+    """Every path under `folder` with its bytes (None for a folder), but the lock record that a
+    command holding the folder writes (`folder_lock`): it is not a result."""
     return {
         str(path.relative_to(folder)): (path.read_bytes() if path.is_file() else None)
         for path in sorted(folder.rglob("*"))
+        if path.name != LOCK_NAME
     }
 
 
