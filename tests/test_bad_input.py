@@ -170,6 +170,17 @@ def cases(busy_port: int, closed_port: int, web_port: int) -> list[Case]:
             config={"model": "{case}/weightless"},
             files={"weightless/config.json": "{}"},
         ),
+        Case(
+            "model folder without a chat template",
+            RUN,
+            "templateless: its tokenizer has no chat template",
+            config={"model": "{case}/templateless"},
+            files={
+                "templateless/config.json": "{}",
+                "templateless/model.safetensors": "",
+                "templateless/tokenizer_config.json": '{"eos_token": "</s>"}',
+            },
+        ),
         Case("unknown model name", RUN, "model 'qwen9': not an embedded model", config={"model": "qwen9"}),
         Case(
             "port in use",

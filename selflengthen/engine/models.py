@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import copy
 import importlib.util
+import json
 import os
 import re
 import shutil
@@ -65,6 +66,19 @@ def _has_weights(folder: Path) -> bool:
     return any(next(folder.glob(pattern), None) for pattern in _WEIGHT_PATTERNS)
 
 
+def _has_chat_template(folder: Path) -> bool:
+    """Whether the folder's tokenizer has a chat template: in a file of its own (transformers'
+    newer layout) or in `tokenizer_config.json`. Checked before a server starts, not after it has
+    refused every request."""
+    if (folder / "chat_template.jinja").is_file() or (folder / "chat_template.json").is_file():
+        return True
+    try:
+        settings = json.loads((folder / "tokenizer_config.json").read_text(encoding="utf-8"))
+    except (OSError, ValueError):
+        return False
+    return isinstance(settings, dict) and bool(settings.get("chat_template"))
+
+
 def resolve_model(spec: str, prepare: bool = True) -> ResolvedModel:
     """Resolve a model spec, converting the embedded model on first use when `prepare` is set
     (without it, an embedded model's `source` is where the conversion will put it).
@@ -80,6 +94,12 @@ def resolve_model(spec: str, prepare: bool = True) -> ResolvedModel:
             raise SelflengthenError(f"model {spec}: not a model folder (no config.json)")
         if not _has_weights(folder):
             raise SelflengthenError(f"model {spec}: the folder has no weights (*.safetensors or *.bin)")
+        if not _has_chat_template(folder):
+            raise SelflengthenError(
+                f"model {spec}: its tokenizer has no chat template (no chat_template in "
+                "tokenizer_config.json, no chat_template.jinja); every request selflengthen sends is "
+                "a chat formatted by the model's own template: use an instruct (chat) model's folder"
+            )
         return ResolvedModel(spec, str(folder.resolve()), "local")
     if HUB_ID.match(spec):
         return ResolvedModel(spec, spec, "hub")
