@@ -31,10 +31,19 @@ def test_resolve_model_kinds_and_errors(tmp_path: Path) -> None:
     with pytest.raises(SelflengthenError, match="has no weights"):
         resolve_model(str(folder))
     (folder / "model.safetensors").write_bytes(b"")
-    assert (
-        resolve_model(str(folder)) == resolve_model(str(folder))
-        and resolve_model(str(folder)).kind == "local"
-    )
+    (folder / "tokenizer_config.json").write_text('{"eos_token": "</s>"}')
+    with pytest.raises(SelflengthenError, match="its tokenizer has no chat template"):
+        resolve_model(str(folder))
+    for template in ('{"chat_template": "{{ messages }}"}', None):
+        if template is None:  # transformers' newer layout: the template in a file of its own
+            (folder / "tokenizer_config.json").write_text("{}")
+            (folder / "chat_template.jinja").write_text("{{ messages }}")
+        else:
+            (folder / "tokenizer_config.json").write_text(template)
+        assert (
+            resolve_model(str(folder)) == resolve_model(str(folder))
+            and resolve_model(str(folder)).kind == "local"
+        )
 
 
 def test_vllm_command_launches_the_module_on_loopback_without_remote_code() -> None:
