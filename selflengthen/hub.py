@@ -30,7 +30,7 @@ from huggingface_hub.utils import validate_repo_id
 
 from selflengthen.builders.step import copy_file_atomic, write_json_atomic
 from selflengthen.errors import SelflengthenError
-from selflengthen.tables import file_sha256
+from selflengthen.tables import file_sha256, remove_temporaries
 
 
 def check_repo_id(repo_id: str, flag: str = "--repo") -> str:
@@ -174,7 +174,11 @@ class DryRunFolder:
 
     def commit(self, files: dict[str, Path], message: str) -> str:
         """Copy each file into place (temporary file, then rename); the commit id is the hash of
-        the file list, like a tree hash."""
+        the file list, like a tree hash. The temporary files of a publish killed earlier go first:
+        the folder holds exactly the repository's files."""
+        for folder in (self.root, self.refs.parent):
+            if folder.is_dir():
+                remove_temporaries(folder)
         manifest = {}
         for path, local in sorted(files.items()):
             copy_file_atomic(local, self.root / path)

@@ -45,6 +45,20 @@ def temporary_beside(path: Path) -> Path:
     return Path(temporary)
 
 
+#: The name `temporary_beside` gives a temporary file (`tempfile.mkstemp`: 8 random characters).
+_TEMPORARY_NAME = re.compile(r"^\..+\.[a-z0-9_]{8}\.tmp$")
+
+
+def remove_temporaries(folder: Path) -> list[Path]:
+    """Delete the temporary files `temporary_beside` left under `folder` when a writer was
+    killed before its rename (kill -9 runs no cleanup): half-written copies, never a finished
+    file. Returns what was removed."""
+    stray = [path for path in folder.rglob(".*.tmp") if path.is_file() and _TEMPORARY_NAME.match(path.name)]
+    for path in stray:
+        path.unlink(missing_ok=True)
+    return stray
+
+
 def file_sha256(path: Path) -> str:
     """The SHA-256 of a file's bytes, as hex (read in 1 MiB blocks)."""
     digest = hashlib.sha256()

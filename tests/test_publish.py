@@ -267,6 +267,29 @@ def test_an_interrupted_publish_needs_force_and_never_moves_a_tag(run_dir: Path,
     assert list(json.loads(folder.refs.read_text())) == ["iter-1", "iter-2"]
 
 
+def test_a_publish_killed_mid_copy_leaves_no_temporary_file_once_rerun(run_dir: Path, tmp_path: Path) -> None:
+    """kill -9 runs no cleanup: what a killed publish left half-copied (the temporary files of
+    its atomic writes) is gone after the rerun, which then matches a clean publish."""
+    clean, killed = tmp_path / "clean", tmp_path / "killed"
+    dry_run(run_dir, clean, iteration=1)
+    folder = DryRunFolder(killed, "org/fixture", "dataset")
+    stray = [
+        folder.root / "stats" / "iter-1" / ".train-generator.json.k1ll3d_9.tmp",
+        folder.root / "data" / "initial" / ".iter-1-00000.parquet.abcdefgh.tmp",
+        folder.refs.parent / ".fixture.json.zz_00000.tmp",
+    ]
+    for path in stray:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(b"half a file")
+    kept = folder.root / "notes" / ".keep.tmp"  # not a name our writers give: not ours to delete
+    kept.parent.mkdir(parents=True)
+    kept.write_text("the user's")
+    dry_run(run_dir, killed, iteration=1, force=True)
+    assert not any(path.exists() for path in stray)
+    kept.unlink()
+    assert tree(killed / "datasets") == tree(clean / "datasets")
+
+
 @pytest.mark.parametrize(
     ("make", "arguments", "message"),
     [
