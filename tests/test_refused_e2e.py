@@ -35,7 +35,7 @@ def test_a_step_whose_every_request_is_refused_is_not_finished_and_reruns(tmp_pa
     assert refused.returncode == 2, refused.stderr[-2000:]
     assert (
         lines[-1].startswith("selflengthen: error: ")
-        and "refused all 1 requests (context_length:" in lines[-1]
+        and "all 1 requests failed (context_length:" in lines[-1]
     )
     folder = run / "iter_1" / "initial"
     assert not (folder / "stats.json").exists()

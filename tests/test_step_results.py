@@ -78,7 +78,7 @@ def test_a_step_whose_every_request_was_refused_is_not_finished(tmp_path: Path) 
         "context_length": CONTEXT
     }
     assert (folder.work / "checkpoints").exists()
-    with pytest.raises(SelflengthenError, match=r"refused all 3 requests \(context_length: Got BadRequest"):
+    with pytest.raises(SelflengthenError, match=r"all 3 requests failed \(context_length: Got BadRequest"):
         refuse_when_every_request_failed(folder, documents(refused=3, answered=0))
     assert not folder.finished()
     assert not [

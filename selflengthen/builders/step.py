@@ -121,9 +121,14 @@ REQUEST_ERROR = "request_error"
 
 
 def request_error_kind(message: str) -> str:
-    """A short, stable key for a refused request: `context_length` (prompt + max_tokens beyond
-    the model's context), `bad_request` (another 400), `http_<status>`, or `other`."""
+    """A short, stable key for a failed request: `context_length` (prompt + max_tokens beyond
+    the model's context), `bad_request` (another 400), `http_<status>`, `malformed_stream` (an
+    answer that is not a stream of chat chunks), `stalled_stream`, or `other`."""
     lowered = message.lower()
+    if "server-sent events" in lowered:
+        return "malformed_stream"
+    if "stalled stream" in lowered:
+        return "stalled_stream"
     if "context length" in lowered or "maximum context" in lowered or "max_model_len" in lowered:
         return "context_length"
     if "badrequest" in lowered or "status 400" in lowered:
@@ -651,7 +656,7 @@ def refuse_when_every_request_failed(folder: StepFolder, done: list[Document]) -
         shutil.rmtree(folder.work / part, ignore_errors=True)
     kind, message = next(iter(examples.items()))
     raise SelflengthenError(
-        f"{folder.root}: the server refused all {refused} requests ({kind}: {message[:300]}); the step is "
+        f"{folder.root}: all {refused} requests failed ({kind}: {message[:300]}); the step is "
         f"not recorded as finished: fix the settings and rerun (full messages in {log})"
     )
 

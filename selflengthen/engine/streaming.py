@@ -31,6 +31,10 @@ REQUEST_WATCH: ContextVar[Callable[[], PrefixWatch] | None] = ContextVar(
     "selflengthen_request_watch", default=None
 )
 _CONNECT_SECONDS = 30.0
+#: A stream that sends nothing for this long has stalled: the request fails (not retried) with a
+#: message that says so. Generous, because a request can wait this long for its first token on a
+#: busy CPU server (the prefill of a full batch of long prompts).
+STALL_SECONDS = 600.0
 
 
 @dataclass
@@ -50,15 +54,18 @@ async def stream_chat(url: str, payload: dict[str, Any], headers: dict[str, str]
 
     Errors are raised as datatrove's servers raise them (HTTP 400 as a bad request, which its
     cache remembers; 500 as a server error; a broken connection as `ConnectionError`, which
-    its runner retries).
+    its runner retries). A server that answers but not with a stream of chat chunks (a line that
+    is not JSON, no server-sent events at all), or that stalls for `STALL_SECONDS`, fails the
+    request with `InferenceError` saying what it sent: retrying would not change it.
     """
     make_watch = REQUEST_WATCH.get()
     live = LIVE_USAGE.get()
     watch = make_watch() if make_watch is not None else None
     text, reasoning, finish_reason = [], [], None
     usage: dict[str, Any] | None = None
-    chunks_with_text = 0
-    timeout = httpx.Timeout(None, connect=_CONNECT_SECONDS)
+    chunks_with_text = chunks = 0
+    first_line: str | None = None
+    timeout = httpx.Timeout(None, connect=_CONNECT_SECONDS, read=STALL_SECONDS)
     try:
         async with (
             httpx.AsyncClient(timeout=timeout) as client,
@@ -69,6 +76,8 @@ async def stream_chat(url: str, payload: dict[str, Any], headers: dict[str, str]
                     response.status_code, (await response.aread()).decode(errors="replace"), payload
                 )
             async for line in response.aiter_lines():
+                if first_line is None and line.strip():
+                    first_line = line
                 if not line.startswith("data:"):
                     continue
                 data = line[5:].strip()
@@ -76,10 +85,14 @@ async def stream_chat(url: str, payload: dict[str, Any], headers: dict[str, str]
                     break
                 try:
                     chunk = json.loads(data)
-                except json.JSONDecodeError:  # a line cut short: the connection broke
-                    raise ConnectionError(
-                        f"streamed request to {url}: unreadable chunk {data[:80]!r}"
+                except json.JSONDecodeError:
+                    raise InferenceError(
+                        None,
+                        f"the server's stream has a line that is not a JSON chunk ({data[:80]!r}): "
+                        "malformed server-sent events",
+                        payload=payload,
                     ) from None
+                chunks += 1
                 if "error" in chunk:
                     raise InferenceError(
                         None, f"the server ended the stream with an error: {data}", payload=payload
@@ -100,10 +113,29 @@ async def stream_chat(url: str, payload: dict[str, Any], headers: dict[str, str]
                         finish_reason = EARLY_STOP
                 if finish_reason == EARLY_STOP:
                     break  # leaving the block closes the connection: vLLM aborts the request
+    except httpx.ReadTimeout:
+        raise InferenceError(
+            None,
+            f"the server sent nothing for {STALL_SECONDS:g} s in the middle of a streamed answer "
+            f"(after {chunks} chunks): a stalled stream",
+            payload=payload,
+        ) from None
     except httpx.TransportError as error:
         raise ConnectionError(f"streamed request to {url} failed: {error!r}") from error
+    if finish_reason is None and chunks == 0:
+        raise InferenceError(
+            None,
+            "the server answered HTTP 200 without a stream of chat chunks (server-sent events); "
+            f"it sent {first_line[:80]!r}"
+            if first_line
+            else "the server answered HTTP 200 with nothing",
+            payload=payload,
+        )
     if finish_reason is None:
-        raise ConnectionError(f"streamed request to {url} ended before the answer was finished")
+        raise ConnectionError(
+            f"streamed request to {url}: the server closed the stream after {chunks} chunks, before "
+            "the answer was finished"
+        )
     if usage is None:  # a server without per-chunk usage: each chunk carries about one token
         usage = {"prompt_tokens": 0, "completion_tokens": chunks_with_text}
     return {
