@@ -9,6 +9,7 @@ import json
 import os
 import re
 import shutil
+import sqlite3
 import statistics
 import subprocess
 import sys
@@ -29,6 +30,7 @@ from datatrove.pipeline.inference.types import InferenceError, InferenceResult, 
 from datatrove.pipeline.writers import JsonlWriter
 from tqdm.auto import tqdm
 
+from selflengthen.builders.request_cache import cache_error, set_aside_damaged
 from selflengthen.builders.speculation import RequestMeter, mean_in_flight
 from selflengthen.engine.launch import served_precision
 from selflengthen.engine.models import ResolvedModel, prepare_embedded_model
@@ -428,6 +430,7 @@ def run_inference(
         seed=sampling.seed,
     )
     pipeline = [partial(shard_documents, documents), runner]
+    set_aside_damaged(work)
     try:
         if engine.slurm is not None:
             run_on_slurm(slurm_executor(pipeline, engine.slurm, work, folder.root.name), engine.slurm)
@@ -435,6 +438,8 @@ def run_inference(
             run_on_ray(ray_executor(pipeline, engine.ray, work), engine.ray)
         else:
             LocalPipelineExecutor(pipeline=pipeline, tasks=1, logging_dir=str(work / "logs")).run()
+    except sqlite3.Error as error:
+        raise cache_error(work, error) from None
     except ServerError as error:
         if engine.server_pid is not None:
             raise ServerFailed(

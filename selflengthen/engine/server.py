@@ -10,6 +10,7 @@ for a stream go through `stream_chat`, which can cancel them early.
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import dataclasses
 import time
 from pathlib import Path
@@ -152,6 +153,22 @@ class SelflengthenInferenceRunner(InferenceRunner):
         super().__init__(*args, **kwargs)
         self.engine = engine
         self.seed = seed
+
+    async def run_async(self, data_gen: Any, rank: int = 0) -> None:
+        """datatrove's run, with its request cache closed however it ends: an error before
+        datatrove's own cleanup (a damaged or full cache file) left aiosqlite's thread running,
+        and the interpreter waited for it forever after the traceback."""
+        try:
+            await super().run_async(data_gen, rank)
+        finally:
+            connection = self.request_cache._conn  # datatrove closes it only on its own path
+            if connection is not None:
+                with contextlib.suppress(Exception):
+                    await asyncio.wait_for(connection.close(), timeout=10)
+                if (stopped := connection.stop()) is not None:
+                    with contextlib.suppress(Exception):
+                        await asyncio.wait_for(stopped, timeout=10)
+                self.request_cache._conn = None
 
     def _init_server(self, rank: int) -> InferenceServer:
         if self.config.server_type == "vllm":
