@@ -18,6 +18,8 @@ import polars as pl
 import pytest
 
 from selflengthen.builders.request_cache import damage, set_aside_damaged
+from selflengthen.builders.step import read_rollouts
+from selflengthen.errors import SelflengthenError
 from tests.fake_endpoint import fake_endpoint
 
 SCRIPT = shutil.which("selflengthen", path=str(Path(sys.executable).parent))
@@ -132,4 +134,14 @@ def test_a_full_disk_stops_the_step_in_one_line_and_the_rerun_resumes(tmp_path: 
     assert "Traceback" not in first and line == (
         f"selflengthen: error: {disk}/run/iter_1/initial/_work/checkpoints/00000/replay.sqlite3: the "
         "request cache failed (database or disk is full); free some space, then rerun to resume"
+    )
+
+
+def test_unreadable_rollouts_are_named(tmp_path: Path) -> None:
+    """Before: `Not a gzipped file (b'\\xa5\\n')`, naming no file."""
+    (tmp_path / "00000_chunk_0.jsonl.gz").write_bytes(b"\xa5\n")
+    with pytest.raises(SelflengthenError) as error:
+        list(read_rollouts(tmp_path))
+    assert str(error.value).startswith(
+        f"{tmp_path / '00000_chunk_0.jsonl.gz'}: the step's rollouts cannot be read"
     )

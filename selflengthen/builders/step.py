@@ -545,14 +545,17 @@ def _job_queued(job_id: str | int | None) -> bool:
 
 
 def read_rollouts(folder: Path) -> Iterator[Document]:
-    """The documents the runner wrote, in file order."""
+    """The documents the runner wrote, in file order; a file that cannot be read is named."""
     for path in sorted(folder.glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as handle:
-            for line in handle:
-                record = json.loads(line)
-                yield Document(
-                    text=record.get("text", ""), id=record["id"], metadata=record.get("metadata", {})
-                )
+        try:
+            with gzip.open(path, "rt", encoding="utf-8") as handle:
+                records = [json.loads(line) for line in handle]
+        except (OSError, EOFError, UnicodeDecodeError, ValueError) as error:
+            raise SelflengthenError(
+                f"{path}: the step's rollouts cannot be read ({first_line(error)})"
+            ) from None
+        for record in records:
+            yield Document(text=record.get("text", ""), id=record["id"], metadata=record.get("metadata", {}))
 
 
 def word_summary(words: list[int]) -> dict[str, float | int | None]:
