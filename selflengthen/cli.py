@@ -10,16 +10,15 @@ from typing import Annotated, Any
 
 import polars as pl
 import typer
-from datatrove.pipeline.filters.base_filter import BaseFilter
 from loguru import logger
 from typer.core import TyperGroup
 
 from selflengthen import __version__, interrupts
 from selflengthen.builders.extend import ExtendSettings, run_extend
 from selflengthen.builders.generate import GenerateSettings, run_generate
-from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
 from selflengthen.builders.step import finished_stats, step_folder
+from selflengthen.cli_corpus import filter_command, sample_command
 from selflengthen.cli_engine import with_engine_options
 from selflengthen.cli_steps import (
     ITERATION_OPTION,
@@ -36,17 +35,8 @@ from selflengthen.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, ResolvedM
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError, describe_os_error
-from selflengthen.filters import (
-    CharacterLoopFilter,
-    EndingFilter,
-    GrowthFilter,
-    LengthFilter,
-    MetaCommentFilter,
-    RepetitionFilter,
-    apply_filters,
-)
 from selflengthen.loop import STEPS, parse_iterations, run_loop, summary_table
-from selflengthen.tables import check_output, read_instructions, read_table, require_columns, write_table
+from selflengthen.tables import read_instructions
 
 
 class _Commands(TyperGroup):
@@ -84,16 +74,6 @@ class SeedLanguage(StrEnum):
     zh = "zh"
 
 
-FILTER_NAMES = ("ending", "repetition", "character-loop", "meta-comment", "length", "growth")
-DEFAULT_FILTERS = "ending,repetition,character-loop,meta-comment"
-
-InputFile = Annotated[Path, typer.Argument(help="A .jsonl, .csv or .parquet file.", show_default=False)]
-OutputFile = Annotated[
-    Path, typer.Argument(help="Where to write the kept rows (.jsonl, .csv or .parquet).", show_default=False)
-]
-Overwrite = Annotated[bool, typer.Option("--overwrite", help="Replace OUTPUT if it exists.")]
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"selflengthen {__version__}")
@@ -117,105 +97,8 @@ def _options(
         logger.disable("datatrove")
 
 
-def _build_filters(
-    names: str,
-    min_words: int | None,
-    max_words: int | None,
-    ngram: int | None,
-    source_column: str | None,
-    min_ratio: float,
-) -> list[BaseFilter]:
-    chosen = [name.strip() for name in names.split(",") if name.strip()]
-    unknown = [name for name in chosen if name not in FILTER_NAMES]
-    if unknown or not chosen:
-        raise SelflengthenError(
-            f"--filters: unknown filter {unknown or names!r} (choose from {', '.join(FILTER_NAMES)})"
-        )
-    if "length" in chosen and min_words is None and max_words is None:
-        raise SelflengthenError("--filters length needs --min-words and/or --max-words")
-    if "growth" in chosen and source_column is None:
-        raise SelflengthenError(
-            "--filters growth needs --source-column (the column with the text that was extended)"
-        )
-    try:
-        makers = {
-            "ending": lambda: EndingFilter(),
-            "repetition": lambda: RepetitionFilter(ngram=ngram),
-            "character-loop": lambda: CharacterLoopFilter(),
-            "meta-comment": lambda: MetaCommentFilter(),
-            "length": lambda: LengthFilter(min_words=min_words, max_words=max_words),
-            "growth": lambda: GrowthFilter(
-                min_ratio=min_ratio, source_key=source_column, source_words_key=None
-            ),
-        }
-        return [makers[name]() for name in chosen]
-    except ValueError as error:
-        raise SelflengthenError(f"invalid filter option: {error}") from None
-
-
-@app.command("filter")
-def filter_command(
-    input_path: InputFile,
-    output_path: OutputFile,
-    text_column: Annotated[str, typer.Option(help="Column with the text to check.")] = "text",
-    filters: Annotated[
-        str, typer.Option(help=f"Comma-separated filters to apply, in order: {', '.join(FILTER_NAMES)}.")
-    ] = DEFAULT_FILTERS,
-    min_words: Annotated[int | None, typer.Option(help="length: fewest words kept.")] = None,
-    max_words: Annotated[int | None, typer.Option(help="length: most words kept.")] = None,
-    ngram: Annotated[
-        int | None, typer.Option(help="repetition: n-gram size (default: 13 for Chinese text, 10 otherwise).")
-    ] = None,
-    source_column: Annotated[
-        str | None, typer.Option(help="growth: column with the text that was extended.")
-    ] = None,
-    min_ratio: Annotated[
-        float, typer.Option(help="growth: keep rows longer than this × the source's words.")
-    ] = 1.2,
-    dropped: Annotated[
-        Path | None, typer.Option(help="Also write the dropped rows, with a `drop_reason` column, here.")
-    ] = None,
-    overwrite: Overwrite = False,
-) -> None:
-    """Apply the quality filters to a corpus and report why rows were dropped."""
-    chain = _build_filters(filters, min_words, max_words, ngram, source_column, min_ratio)
-    for path in (output_path, *([dropped] if dropped else [])):
-        check_output(path, overwrite)
-    frame = read_table(input_path)
-    growth_sources = [source_column] if any(isinstance(step, GrowthFilter) for step in chain) else []
-    require_columns(frame, input_path, text_column, *growth_sources)
-    report = apply_filters(frame, chain, text_column=text_column, progress=True)
-    write_table(report.kept, output_path, overwrite=overwrite)
-    if dropped is not None:
-        reasons = pl.Series("drop_reason", report.dropped_reasons, dtype=pl.String)
-        write_table(frame.with_columns(reasons).filter(reasons.is_not_null()), dropped, overwrite=overwrite)
-    typer.echo(f"kept {report.kept.height} of {frame.height} rows -> {output_path}")
-    if report.drop_reasons.height:
-        with pl.Config(tbl_hide_dataframe_shape=True, tbl_hide_column_data_types=True, fmt_str_lengths=60):
-            typer.echo(report.drop_reasons)
-
-
-@app.command("sample")
-def sample_command(
-    input_path: InputFile,
-    output_path: OutputFile,
-    length_column: Annotated[
-        str, typer.Option(help="Column of word counts, or of texts whose words are counted.")
-    ] = "text",
-    seed: Annotated[int, typer.Option(help="Seed of the random draws (same seed, same rows).")] = 0,
-    overwrite: Overwrite = False,
-) -> None:
-    """Length-weighted sampling: keep longer rows more often (the longest always)."""
-    check_output(output_path, overwrite)
-    frame = read_table(input_path)
-    require_columns(frame, input_path, length_column)
-    try:
-        kept = length_weighted_sample(frame, length_column, seed)
-    except ValueError as error:
-        raise SelflengthenError(f"{input_path}: {error}") from None
-    write_table(kept, output_path, overwrite=overwrite)
-    share = 100.0 * kept.height / frame.height
-    typer.echo(f"kept {kept.height} of {frame.height} rows ({share:.1f}%) -> {output_path}")
+app.command("filter")(filter_command)
+app.command("sample")(sample_command)
 
 
 def _report(stats: dict, folder: Path) -> None:

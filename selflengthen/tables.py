@@ -12,9 +12,13 @@ import json
 import os
 import re
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import polars as pl
+import pyarrow as pa
+import pyarrow.parquet as pq
 
 from selflengthen.errors import SelflengthenError
 
@@ -90,8 +94,8 @@ _SUSPECT_ESCAPE = re.compile(rb"\\u(?:[dD][89a-fA-F][0-9a-fA-F]{2}|0000)")
 _BOM = b"\xef\xbb\xbf"
 
 
-def _line_of(raw: bytes, offset: int) -> int:
-    return raw.count(b"\n", 0, offset) + 1
+def _line_of(raw: bytes, offset: int, first_line: int = 1) -> int:
+    return raw.count(b"\n", 0, offset) + first_line
 
 
 def _bad_string(value: object, field: str) -> tuple[str, str] | None:
@@ -116,26 +120,30 @@ def _bad_string(value: object, field: str) -> tuple[str, str] | None:
     return None
 
 
-def check_text(raw: bytes, path: Path, kind: str) -> bytes:
-    """The bytes of a JSONL or CSV file as text the tables may hold, or a one-line error naming
-    the cause and the place: not UTF-8, a NUL byte, or (JSONL) a string escaping a lone UTF-16
-    surrogate or NUL, which would otherwise reach the model or the output as U+0000 or worse. A
-    UTF-8 byte-order mark at the start (spreadsheets write one) is dropped: it is not text."""
-    raw = raw.removeprefix(_BOM)
+def check_text(raw: bytes, path: Path, kind: str, first_line: int = 1, offset: int = 0) -> bytes:
+    """The bytes of a JSONL or CSV file (or of its lines from `first_line` on, which start at
+    byte `offset`) as text the tables may hold, or a one-line error naming the cause and the
+    place: not UTF-8, a NUL byte, or (JSONL) a string escaping a lone UTF-16 surrogate or NUL,
+    which would otherwise reach the model or the output as U+0000 or worse. A UTF-8 byte-order
+    mark at the start of the file (spreadsheets write one) is dropped: it is not text."""
+    if offset == 0 and raw.startswith(_BOM):
+        raw, offset = raw[len(_BOM) :], len(_BOM)
     try:
         raw.decode("utf-8")
     except UnicodeDecodeError as error:
+        line = _line_of(raw, error.start, first_line)
         raise SelflengthenError(
-            f"{path}: not UTF-8 text (bad byte at offset {error.start}, line {_line_of(raw, error.start)})"
+            f"{path}: not UTF-8 text (bad byte at offset {offset + error.start}, line {line})"
         ) from None
     if (nul := raw.find(b"\x00")) >= 0:
         raise SelflengthenError(
-            f"{path}: line {_line_of(raw, nul)}: a NUL byte (offset {nul}); the file is not text"
+            f"{path}: line {_line_of(raw, nul, first_line)}: a NUL byte (offset {offset + nul}); "
+            "the file is not text"
         )
     if kind == "jsonl":
         checked: set[int] = set()
         for match in _SUSPECT_ESCAPE.finditer(raw):
-            line = _line_of(raw, match.start())
+            line = _line_of(raw, match.start(), first_line)
             if line in checked:
                 continue
             checked.add(line)
@@ -236,3 +244,135 @@ def read_instructions(path: Path, what: str) -> pl.DataFrame:
     if frame["id"].n_unique() != frame.height:
         raise SelflengthenError(f"{path}: column 'id' has duplicate values")
     return frame
+
+
+#: A streamed table's batch (`iter_table_batches`): at most this many rows, and (JSONL) at most
+#: about this many bytes. With our filters a batch costs ~5x its bytes in memory at its peak.
+BATCH_ROWS = 1024
+BATCH_BYTES = 16 << 20
+
+
+def iter_table_batches(path: Path, batch_rows: int | None = None) -> Iterator[pl.DataFrame]:
+    """The rows of a JSONL or parquet file, `batch_rows` at a time (JSONL: fewer when they pass
+    `BATCH_BYTES`), in order, each batch checked
+    as `read_table` checks a whole file, so that a file larger than memory can be worked through
+    (`selflengthen filter`, `sample`). A CSV file (whose rows may span lines) is read whole.
+    Raises `SelflengthenError` like `read_table`, with the line where it can."""
+    kind = table_format(path)
+    if not path.is_file():
+        raise SelflengthenError(f"{path}: no such file")
+    if kind == "csv":
+        yield read_table(path)
+        return
+    batch_rows = batch_rows or BATCH_ROWS
+    rows = 0
+    try:
+        if kind == "parquet":
+            for batch in pq.ParquetFile(path).iter_batches(batch_size=batch_rows):
+                rows += batch.num_rows
+                yield pl.from_arrow(pa.Table.from_batches([batch]))  # type: ignore[misc]
+        else:
+            for frame in _jsonl_batches(path, batch_rows):
+                rows += frame.height
+                yield frame
+    except SelflengthenError:
+        raise
+    except Exception as error:  # polars and pyarrow raise several types; all mean the same here
+        raise SelflengthenError(f"{path}: cannot be read as {kind}: {first_line(error)}") from None
+    if rows == 0:
+        raise SelflengthenError(f"{path}: no rows" if path.stat().st_size else f"{path}: the file is empty")
+
+
+def _jsonl_batches(path: Path, batch_rows: int) -> Iterator[pl.DataFrame]:
+    lines: list[bytes] = []
+    start, offset = 1, 0  # the batch's first line and byte
+
+    def parse() -> pl.DataFrame | None:
+        raw = check_text(b"".join(lines), path, "jsonl", start, offset)
+        if not raw.strip():
+            return None
+        try:
+            return pl.read_ndjson(io.BytesIO(raw))
+        except Exception as error:
+            where, problem = f"lines {start}-{start + len(lines) - 1}", first_line(error)
+            for number, line in enumerate(lines, start):  # the line at fault, where JSON can tell
+                try:
+                    if line.strip():
+                        json.loads(line)
+                except ValueError as bad:
+                    where, problem = f"line {number}", first_line(bad)
+                    break
+            raise SelflengthenError(f"{path}: {where}: cannot be read as jsonl: {problem}") from None
+
+    with path.open("rb") as stream:
+        size = 0  # of the batch's lines
+        for line in stream:
+            lines.append(line)
+            size += len(line)
+            if len(lines) == batch_rows or size >= BATCH_BYTES:
+                if (frame := parse()) is not None:
+                    yield frame
+                start, offset, lines, size = start + len(lines), offset + size, [], 0
+        if lines and (frame := parse()) is not None:
+            yield frame
+
+
+class TableWriter:
+    """Writes a table batch by batch to a temporary file beside `path`, renamed over `path` when
+    the block ends without an error (removed when it ends with one): readers never see half a
+    file, and memory holds one batch. Batches must have the first one's columns and types."""
+
+    def __init__(self, path: Path, overwrite: bool = False) -> None:
+        self.path, self.kind = path, check_output(path, overwrite)
+        self.rows = 0
+        self._temporary: Path | None = None
+        self._stream: Any = None
+        self._parquet: pq.ParquetWriter | None = None
+        self._schema: pl.Schema | None = None
+
+    def __enter__(self) -> TableWriter:
+        self._temporary = temporary_beside(self.path)
+        if self.kind != "parquet":
+            self._stream = self._temporary.open("wb")
+        return self
+
+    def write(self, frame: pl.DataFrame) -> None:
+        if self._schema is None:
+            self._schema = frame.schema
+        elif frame.schema != self._schema and self.kind != "jsonl":  # JSON lines carry no schema
+            try:
+                frame = frame.cast(dict(self._schema), strict=True)  # type: ignore[arg-type]
+            except Exception as error:
+                raise SelflengthenError(
+                    f"{self.path}: the rows' columns differ between batches of the input "
+                    f"({first_line(error)}); write .jsonl instead"
+                ) from None
+        if frame.height == 0:
+            return
+        assert self._temporary is not None
+        if self.kind == "parquet":
+            table = frame.to_arrow()
+            if self._parquet is None:
+                self._parquet = pq.ParquetWriter(self._temporary, table.schema)
+            self._parquet.write_table(table)
+        elif self.kind == "csv":
+            frame.write_csv(self._stream, include_header=self.rows == 0)
+        else:
+            frame.write_ndjson(self._stream)
+        self.rows += frame.height
+
+    def __exit__(self, kind: type[BaseException] | None, *_: object) -> None:
+        assert self._temporary is not None
+        try:
+            if self._parquet is not None:
+                self._parquet.close()
+            if self._stream is not None:
+                self._stream.close()
+            if kind is None:
+                if self.rows == 0 and self.kind == "parquet":  # no row: the columns alone
+                    pl.DataFrame(schema=self._schema).write_parquet(self._temporary)
+                elif self.rows == 0 and self.kind == "csv":
+                    pl.DataFrame(schema=self._schema).write_csv(self._temporary)
+                os.replace(self._temporary, self.path)
+        finally:
+            self._temporary.unlink(missing_ok=True)

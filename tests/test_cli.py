@@ -71,9 +71,12 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str | Path], str]]:
     return [
         (["filter", tmp / "absent.jsonl", out], "absent.jsonl: no such file"),
         (["filter", tmp / "notes.txt", out], "notes.txt: unsupported file type '.txt'"),
-        (["filter", tmp / "latin1.jsonl", out], "latin1.jsonl: not UTF-8 text (bad byte at offset 13)"),
+        (
+            ["filter", tmp / "latin1.jsonl", out],
+            "latin1.jsonl: not UTF-8 text (bad byte at offset 13, line 1)",
+        ),
         (["filter", tmp / "empty.jsonl", out], "empty.jsonl: the file is empty"),
-        (["filter", tmp / "broken.jsonl", out], "broken.jsonl: cannot be read as jsonl"),
+        (["filter", tmp / "broken.jsonl", out], "broken.jsonl: line 1: cannot be read as jsonl"),
         (["filter", EXAMPLES, out, "--text-column", "body"], "corpus.jsonl: no column 'body'"),
         (["filter", EXAMPLES, out, "--filters", "ending,spelling"], "--filters: unknown filter ['spelling']"),
         (["filter", EXAMPLES, out, "--filters", "length"], "--filters length needs --min-words"),

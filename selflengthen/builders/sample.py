@@ -10,7 +10,8 @@ from selflengthen.text import count_words
 _NUMBER = r"^\s*[+-]?(?:\d+(?:\.\d*)?|\.\d+)(?:[eE][+-]?\d+)?\s*$"
 
 
-def _lengths(frame: pl.DataFrame, length_column: str) -> pl.Series:
+def row_lengths(frame: pl.DataFrame, length_column: str) -> pl.Series:
+    """Each row's length: the numeric column as it is, or the words of a text column."""
     if length_column not in frame.columns:
         raise ValueError(f"length_column {length_column!r} is not a column (columns: {frame.columns})")
     column = frame.get_column(length_column)
@@ -54,13 +55,18 @@ def length_weighted_sample(frame: pl.DataFrame, length_column: str, seed: int) -
 
     Vectorised: O(n + range) for integer word counts (counting), O(n log n) otherwise (a sort).
     """
-    lengths = _lengths(frame, length_column)
-    n = frame.height
-    if n == 0:
+    if frame.height == 0:
         return frame
+    return frame.filter(pl.Series(kept_by_length(row_lengths(frame, length_column), seed)))
+
+
+def kept_by_length(lengths: pl.Series, seed: int) -> np.ndarray:
+    """Which rows `length_weighted_sample` keeps, from their lengths alone (a boolean per row):
+    a table too large for memory is sampled from its lengths, then read again for the rows."""
+    n = len(lengths)
     r = 1.0 - _max_ranks(lengths) / n
     draws = 1.0 - np.random.default_rng(seed).random(n)
-    return frame.filter(pl.Series(draws > 2.0 * r * r * r))
+    return draws > 2.0 * r * r * r
 
 
 def _max_ranks(lengths: pl.Series) -> np.ndarray:
