@@ -108,4 +108,5 @@ def test_memory_does_not_grow_with_the_file(tmp_path: Path) -> None:
         peaks[rows] = peak_rss_mb([SCRIPT, "filter", str(source), str(tmp_path / f"kept-{rows}.jsonl")])
     grown = peaks[20000] - peaks[5000]
     megabytes = {rows: (tmp_path / f"corpus-{rows}.jsonl").stat().st_size / 2**20 for rows in peaks}
-    assert grown < 0.25 * (megabytes[20000] - megabytes[5000]), (peaks, megabytes)
+    # measured: +6 MiB of peak for +32 MiB of file; read whole, +3.2x the file (bench: filter_stream.py)
+    assert grown < 0.5 * (megabytes[20000] - megabytes[5000]), (peaks, megabytes)
