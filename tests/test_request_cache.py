@@ -4,14 +4,13 @@ rerun resumes. The model server is `fake_endpoint` (what is tested is around the
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import shutil
-import signal
 import sqlite3
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import polars as pl
@@ -41,6 +40,15 @@ def generate(run_dir: Path, source: Path, endpoint: str) -> list[str]:
     ]  # fmt: skip
 
 
+def write_cache(path: Path) -> None:
+    """A sound sqlite file where datatrove keeps a step's request cache."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    rows = [(str(n), b"x" * 500) for n in range(50)]
+    with contextlib.closing(sqlite3.connect(path)) as connection, connection:
+        connection.execute("CREATE TABLE request_cache (doc_id TEXT, result BLOB)")
+        connection.executemany("INSERT INTO request_cache VALUES (?, ?)", rows)
+
+
 def garble(path: Path) -> None:
     data = bytearray(path.read_bytes())
     data[100:4000] = b"\xa5" * 3900
@@ -51,13 +59,7 @@ def test_a_sound_cache_stays_and_a_damaged_one_is_moved_aside_never_deleted(
     tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     cache = tmp_path / "checkpoints" / "00000" / "replay.sqlite3"
-    cache.parent.mkdir(parents=True)
-    with sqlite3.connect(cache) as connection:
-        connection.execute("CREATE TABLE request_cache (doc_id TEXT, result BLOB)")
-        connection.executemany(
-            "INSERT INTO request_cache VALUES (?, ?)", [(str(n), b"x" * 500) for n in range(50)]
-        )
-    connection.close()
+    write_cache(cache)
     assert damage(cache) is None and set_aside_damaged(tmp_path) == [] and cache.is_file()
     garble(cache)
     before = cache.read_bytes()
@@ -70,37 +72,31 @@ def test_a_sound_cache_stays_and_a_damaged_one_is_moved_aside_never_deleted(
     )
 
 
-def test_an_interrupted_step_with_a_garbled_cache_is_redone_from_what_is_intact(tmp_path: Path) -> None:
-    """Before: a traceback ending in `database disk image is malformed`, then a hang."""
-    source, run_dir = instructions(tmp_path, 40), tmp_path / "run"
+def test_a_step_whose_cache_is_garbled_sets_it_aside_and_runs(tmp_path: Path) -> None:
+    """Before: a traceback ending in `database disk image is malformed`, then a hang. The cache
+    is garbled where an interrupted step leaves it, before the step runs again."""
+    source, run_dir = instructions(tmp_path, 24), tmp_path / "run"
     work = run_dir / "iter_1" / "initial" / "_work"
-    with fake_endpoint(delay=0.01) as endpoint:
-        first = subprocess.Popen(
-            generate(run_dir, source, endpoint), stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL
-        )
-        deadline = time.monotonic() + 60
-        while not list(work.glob("checkpoints/*/chunk_*.jsonl")) and time.monotonic() < deadline:
-            time.sleep(0.2)
-        first.send_signal(signal.SIGINT)
-        assert first.wait(timeout=60) == 130
-        [cache] = work.glob("checkpoints/*/replay.sqlite3")
-        garble(cache)
-        rerun = subprocess.run(
+    cache = work / "checkpoints" / "00000" / "replay.sqlite3"
+    write_cache(cache)
+    garble(cache)
+    with fake_endpoint() as endpoint:
+        result = subprocess.run(
             generate(run_dir, source, endpoint), capture_output=True, text=True, timeout=120
         )
-    assert rerun.returncode == 0, rerun.stderr[-2000:]
+    assert result.returncode == 0, result.stderr[-2000:]
     assert (
-        f"{cache}: the request cache is damaged (database disk image is malformed); moved to" in rerun.stderr
+        f"{cache}: the request cache is damaged (database disk image is malformed); moved to" in result.stderr
     )
-    assert "Traceback" not in rerun.stderr
-    assert list(work.glob("damaged/*/checkpoints/*/replay.sqlite3"))
+    assert "Traceback" not in result.stderr
+    assert list(work.glob("damaged/*/checkpoints/00000/replay.sqlite3"))
     rows = pl.read_parquet(run_dir / "iter_1" / "initial" / "data" / "*.parquet")
     assert sorted(rows["instruction"]) == sorted(pl.read_ndjson(source)["instruction"])
 
 
 FULL_DISK = """
 set -u
-mount -t tmpfs -o size=60k tmpfs "$DISK"
+mount -t tmpfs -o size=40k tmpfs "$DISK"
 "$@" >/dev/null 2>"$DISK.first"; echo "first $?"
 mount -o remount,size=4m "$DISK"  # space freed
 "$@" >/dev/null 2>"$DISK.second"; echo "second $?"
@@ -111,9 +107,9 @@ python3 -c "import sys, polars; print('rows', polars.read_parquet(sys.argv[1]).h
 
 def test_a_full_disk_stops_the_step_in_one_line_and_the_rerun_resumes(tmp_path: Path) -> None:
     """Before: a 95-line traceback ending in `database or disk is full`, then a hang. The run
-    folder is on a 60 KB tmpfs in a mount namespace of its own (as root, or as a user mapped to
+    folder is on a 40 KB tmpfs in a mount namespace of its own (as root, or as a user mapped to
     root where user namespaces are allowed)."""
-    disk, source = tmp_path / "disk", instructions(tmp_path, 400)
+    disk, source = tmp_path / "disk", instructions(tmp_path, 120)
     disk.mkdir()
     unshare = (
         ["unshare", "--mount"] if os.geteuid() == 0 else ["unshare", "--user", "--map-root-user", "--mount"]
@@ -128,7 +124,7 @@ def test_a_full_disk_stops_the_step_in_one_line_and_the_rerun_resumes(tmp_path: 
             env=os.environ
             | {"DISK": str(disk), "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}"},
         )
-    assert result.stdout.splitlines() == ["first 2", "second 0", "rows 400"], result.stdout + result.stderr
+    assert result.stdout.splitlines() == ["first 2", "second 0", "rows 120"], result.stdout + result.stderr
     first = Path(f"{disk}.first").read_text()
     line = first.strip().splitlines()[-1]
     assert "Traceback" not in first and line == (
