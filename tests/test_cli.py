@@ -5,6 +5,7 @@ import shutil
 import socket
 import subprocess
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
 
 import polars as pl
@@ -96,17 +97,24 @@ def _bad_inputs(tmp: Path) -> list[tuple[list[str | Path], str]]:
     ]
 
 
-def test_bad_input_gives_one_line_exit_2_and_touches_nothing(tmp_path: Path) -> None:
-    (tmp_path / "existing.jsonl").write_text('{"keep": "me"}\n')
-    for args, message in _bad_inputs(tmp_path):
-        before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
-        result = run(*args)
+def one_line_errors(cases: list[tuple[list[str | Path], str]]) -> None:
+    """Each case exits 2 with one line holding its message (the cases run side by side)."""
+    with ThreadPoolExecutor(max_workers=4) as pool:
+        results = list(pool.map(lambda case: run(*case[0]), cases))
+    for (args, message), result in zip(cases, results, strict=True):
         assert result.returncode == 2, (args, result.stderr)
         lines = result.stderr.strip().splitlines()
         assert len(lines) == 1 and lines[0].startswith("selflengthen: error: "), (args, result.stderr)
         assert message in lines[0], (args, lines[0])
         assert "Traceback" not in result.stderr
-        assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before, args
+
+
+def test_bad_input_gives_one_line_exit_2_and_touches_nothing(tmp_path: Path) -> None:
+    (tmp_path / "existing.jsonl").write_text('{"keep": "me"}\n')
+    cases = _bad_inputs(tmp_path)
+    before = {path.name: path.read_bytes() for path in tmp_path.iterdir()}
+    one_line_errors(cases)
+    assert {path.name: path.read_bytes() for path in tmp_path.iterdir()} == before
 
 
 def test_debug_shows_the_traceback(tmp_path: Path) -> None:
@@ -150,11 +158,7 @@ def test_bad_generation_input_gives_one_line_exit_2_and_touches_nothing(tmp_path
     with socket.socket() as busy:
         busy.bind(("127.0.0.1", 0))
         busy.listen()
-        for args, message in _bad_generation_inputs(tmp_path, busy.getsockname()[1]):
-            before = sorted(str(path) for path in tmp_path.rglob("*"))
-            result = run(*args)
-            assert result.returncode == 2, (args, result.stderr)
-            lines = result.stderr.strip().splitlines()
-            assert len(lines) == 1 and lines[0].startswith("selflengthen: error: "), (args, result.stderr)
-            assert message in lines[0], (args, lines[0])
-            assert sorted(str(path) for path in tmp_path.rglob("*")) == before, args
+        cases = _bad_generation_inputs(tmp_path, busy.getsockname()[1])
+        before = sorted(str(path) for path in tmp_path.rglob("*"))
+        one_line_errors(cases)
+        assert sorted(str(path) for path in tmp_path.rglob("*")) == before
