@@ -14,21 +14,29 @@ from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 WORDS = [f"word{index}" for index in range(299)] + ["end."]
 
 
+class ListsModelM(BaseHTTPRequestHandler):
+    """An OpenAI-compatible server's model list (`GET /v1/models`: the model `m`); subclasses
+    answer the chat requests."""
+
+    protocol_version = "HTTP/1.0"
+
+    def _json(self, body: dict) -> None:
+        data = json.dumps(body).encode()
+        self.send_response(200)
+        self.send_header("Content-Type", "application/json")
+        self.send_header("Content-Length", str(len(data)))
+        self.end_headers()
+        self.wfile.write(data)
+
+    def do_GET(self) -> None:
+        self._json({"object": "list", "data": [{"id": "m", "object": "model"}]})
+
+    def log_message(self, *_: object) -> None:
+        pass
+
+
 def _handler(delay: float) -> type[BaseHTTPRequestHandler]:
-    class Answering(BaseHTTPRequestHandler):
-        protocol_version = "HTTP/1.0"
-
-        def _json(self, body: dict) -> None:
-            data = json.dumps(body).encode()
-            self.send_response(200)
-            self.send_header("Content-Type", "application/json")
-            self.send_header("Content-Length", str(len(data)))
-            self.end_headers()
-            self.wfile.write(data)
-
-        def do_GET(self) -> None:
-            self._json({"object": "list", "data": [{"id": "m", "object": "model"}]})
-
+    class Answering(ListsModelM):
         def do_POST(self) -> None:
             payload = json.loads(self.rfile.read(int(self.headers["Content-Length"])))
             if not payload.get("stream"):
@@ -50,9 +58,6 @@ def _handler(delay: float) -> type[BaseHTTPRequestHandler]:
                     return
                 time.sleep(delay)
             self.wfile.write(b"data: [DONE]\n\n")
-
-        def log_message(self, *_: object) -> None:
-            pass
 
     return Answering
 

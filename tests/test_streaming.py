@@ -21,6 +21,7 @@ from datatrove.pipeline.inference.types import InferenceError
 
 from selflengthen.engine import streaming
 from selflengthen.engine.streaming import stream_chat
+from tests.fake_endpoint import ListsModelM
 
 
 def chunk(text: str = "", finish: str | None = None) -> bytes:
@@ -108,16 +109,8 @@ def test_a_stalled_stream_ends_with_what_happened(server: str) -> None:
     assert time.monotonic() - started < 2.5  # the stall (3 s) was not waited out
 
 
-class MalformedEndpoint(BaseHTTPRequestHandler):
+class MalformedEndpoint(ListsModelM):
     """An endpoint that lists its model like an OpenAI-compatible server, then streams garbage."""
-
-    def do_GET(self) -> None:
-        body = json.dumps({"object": "list", "data": [{"id": "m", "object": "model"}]}).encode()
-        self.send_response(200)
-        self.send_header("Content-Type", "application/json")
-        self.send_header("Content-Length", str(len(body)))
-        self.end_headers()
-        self.wfile.write(body)
 
     def do_POST(self) -> None:
         self.rfile.read(int(self.headers["Content-Length"]))
@@ -127,9 +120,6 @@ class MalformedEndpoint(BaseHTTPRequestHandler):
         self.send_header("Content-Length", str(len(body)))
         self.end_headers()
         self.wfile.write(body)
-
-    def log_message(self, *_: object) -> None:
-        pass
 
 
 def test_a_step_on_an_endpoint_that_streams_garbage_stops_at_once_saying_so(tmp_path: Path) -> None:
