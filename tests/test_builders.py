@@ -1,8 +1,17 @@
 import random
 
 from selflengthen.builders.extend import split_parts
+from selflengthen.builders.length_control import constrained_instruction
 from selflengthen.builders.self_instruct import InstructionPool, candidate_from
-from selflengthen.prompts import LANGUAGES, detect_language, judge_yes_words, shipped_seeds, template
+from selflengthen.prompts import (
+    LANGUAGES,
+    detect_language,
+    judge_yes_words,
+    prompt_language,
+    shipped_seeds,
+    template,
+    variants,
+)
 
 
 def test_split_parts_paragraphs_then_lines() -> None:
@@ -30,8 +39,20 @@ def test_pool_rejects_duplicates_after_normalising() -> None:
 
 def test_language_detection_and_templates() -> None:
     assert detect_language("Write an essay about rivers.") == "en"
+    assert detect_language("Écrivez un essai sur les rivières.") == "en"  # Latin letters: English templates
     assert detect_language("写一篇关于河流的文章。") == "zh"
     assert detect_language("用 Python 写一个 HTTP 服务的教程") == "zh"
+    assert detect_language("اكتب مقالة طويلة عن الأنهار") == "ar"  # was labelled "en"
+    assert detect_language("اكتب مقالة عن Python و HTTP") == "ar"  # most letters Arabic
+    assert detect_language("Напишите эссе о реках.") == "ru"
+    assert detect_language("강에 대한 에세이를 쓰세요.") == "ko"
+    assert detect_language("เขียนเรียงความเกี่ยวกับแม่น้ำ") == "th"
+    assert detect_language("Write about the word سلام.") == "en"
+    for language in ("ar", "ru", "ko", "th"):  # prompted with the English templates
+        assert prompt_language(language) == "en"
+        assert template(language, "extend").template == template("en", "extend").template
+        about = [variant.template for variant in variants(language, "length_about")]
+        assert about == [variant.template for variant in variants("en", "length_about")]
     for language in LANGUAGES:
         assert "$instruction" in template(language, "judge").template
         extend = template(language, "extend").template
@@ -48,3 +69,9 @@ def test_shipped_seeds_are_ours_varied_and_unique() -> None:
     }
     assert len(by_language["en"]) >= 40 and len(by_language["zh"]) >= 40
     assert len({s["id"] for s in seeds}) == len(seeds) == len({s["instruction"] for s in seeds})
+
+
+def test_a_length_constraint_for_a_language_without_templates_is_written_in_english() -> None:
+    constraint = {"constraint_type": "about", "target_words": 500, "low_words": 400, "high_words": 600}
+    written = constrained_instruction("اكتب مقالة عن الأنهار", "ar", constraint, random.Random(0))
+    assert "اكتب مقالة عن الأنهار." in written and "500" in written

@@ -37,7 +37,7 @@ from selflengthen.builders.step import StepFolder, finish_step, word_summary
 from selflengthen.config import LengthControlSection
 from selflengthen.engine.options import request_seed
 from selflengthen.eval.scores import length_following_score, target_interval
-from selflengthen.prompts import variants
+from selflengthen.prompts import prompt_language, variants
 
 FINAL_SCHEMA = {
     "id": pl.String,
@@ -115,8 +115,8 @@ def constrained_instruction(
 ) -> str:
     """`instruction` with the constraint written before or after it, in its language."""
     text = instruction.strip()
-    if not _SENTENCE_END[language].search(text):
-        text += _FULL_STOP[language]
+    if not _SENTENCE_END[prompt_language(language)].search(text):
+        text += _FULL_STOP[prompt_language(language)]
     kind = constraint["constraint_type"]
     chosen = rng.choice(variants(language, f"length_{kind}"))
     written = constraint["target_words"]

@@ -47,7 +47,10 @@ COLUMN_MEANINGS: dict[str, str] = {
     "iteration": "the macro-iteration that made the row",
     "instruction": "the instruction (in `final`, with its length constraint written in)",
     "instruction_id": "the `id` of the `instructions` row this answer answers",
-    "language": "`en` or `zh`, detected from the instruction",
+    "language": (
+        "`en` or `zh`, detected from the instruction; `ar`, `he`, `ru`, `el`, `hi`, `th` or `ko` "
+        "for one mostly in that language's script (prompted with the English templates)"
+    ),
     "words": "words of the row's text: the instruction's in `instructions`, the answer's elsewhere",
     "attempts": "generations made for the row, rejected retries included",
     "model": "the model that wrote it: the base model, or `<run>/models/iter_<k>/<role>/merged`, "
