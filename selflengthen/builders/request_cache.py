@@ -30,9 +30,9 @@ def damage(cache: Path) -> str | None:
             verdict = connection.execute("PRAGMA quick_check").fetchone()
     except sqlite3.Error as error:
         return str(error)
-    return (
-        None if verdict is not None and verdict[0] == "ok" else str(verdict[0] if verdict else "no verdict")
-    )
+    if verdict is None:
+        return "no verdict from sqlite"
+    return None if verdict[0] == "ok" else str(verdict[0])
 
 
 def set_aside_damaged(work: Path) -> list[Path]:
