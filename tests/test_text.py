@@ -1,11 +1,17 @@
 import re
 import sys
+import unicodedata
 
 import pytest
 from hypothesis import given
 
 from selflengthen.text import (
     CJK_RANGES,
+    EMOJI_RANGES,
+    INVISIBLE_SEPARATORS,
+    JOINERS,
+    UNSPACED_LETTERS_PER_WORD,
+    UNSPACED_RANGES,
     content_mask,
     content_tokens,
     count_words,
@@ -33,6 +39,27 @@ from tests.strategies import texts
         ("これは日本語です", 5),  # a kana run is one word, each kanji one: これは 日 本 語 です
         ("naïve café — déjà vu", 5),
         ("😀 emoji", 2),
+        # Thai, Lao, Khmer, Myanmar: a word per 3 letters of a run, each letter with its marks.
+        ("ภาษาไทยง่าย", 3),  # ภาษา ไทย ง่าย: 10 letters (the tone mark ่ is a mark)
+        ("ผม", 1),  # a run shorter than 3 letters is one word
+        ("ខ្ញុំស្រលាញ់អ្នក", 3),  # Khmer "I love you", its subscript consonants are marks
+        ("ສະບາຍດີ", 2),  # Lao "hello", ສະບາຍ ດີ: 6 letters (ະ and າ are letters, ີ a mark)
+        ("ภาษาไทย and English", 4),
+        # Invisible separators and joiners.
+        ("hello\u200bworld", 2),  # zero-width space
+        ("hello\u200dworld", 2),  # zero-width joiner between Latin letters
+        ("hello\u200cworld", 2),  # zero-width non-joiner between Latin letters
+        ("hello\u200fworld", 2),  # right-to-left mark
+        ("hello\u2060world\ufeff", 2),  # word joiner, byte-order mark
+        ("\u200b\u200e\u2066", 0),
+        ("می\u200cخواهم", 1),  # Persian: the non-joiner is inside the word
+        ("क्\u200dष", 1),  # Devanagari: the joiner shapes a half form inside the word
+        # Emoji: one word each, with what shapes it.
+        ("hello👋🏽world", 3),
+        ("👨\u200d👩\u200d👧 family", 2),  # a family joined by U+200D is one emoji
+        ("🇫🇷 🇩🇪", 2),  # two flags of two regional indicators each
+        ("❤\ufe0f😀😀", 1),  # a run of emoji is one word
+        ("Thanks!🌱💚 Bye", 3),
     ],
 )
 def test_count_words_examples(text: str, expected: int) -> None:
@@ -46,15 +73,43 @@ def test_tokens_examples() -> None:
 
 
 def _spec_count(text: str) -> int:
-    """count_words as the issue words it: CJK characters one each, then split the rest."""
+    """count_words of a text of letters, whitespace, invisible separators and CJK, as the
+    docstring words it: CJK characters one each, then split the rest, separators as spaces."""
     cjk = sum(1 for char in text if is_cjk(char))
-    rest = "".join(" " if is_cjk(char) else char for char in text)
+    rest = "".join(
+        " " if is_cjk(char) or re.fullmatch(f"[{INVISIBLE_SEPARATORS}]", char) else char for char in text
+    )
     return cjk + len(rest.split())
+
+
+def _special(char: str) -> bool:
+    """A character of the scripts, emoji or joiners that `_spec_count` does not describe."""
+    code = ord(char)
+    return char in JOINERS or any(lo <= code <= hi for lo, hi in (*UNSPACED_RANGES, *EMOJI_RANGES))
 
 
 @given(texts)
 def test_count_words_matches_definition_and_tokens(text: str) -> None:
-    assert count_words(text) == _spec_count(text) == len(tokens(text))
+    assert count_words(text) == len(tokens(text)) == len(token_spans(text).starts)
+    plain = "".join(char for char in text if not _special(char))
+    assert count_words(plain) == _spec_count(plain)
+
+
+@given(texts)
+def test_unspaced_runs_are_cut_every_three_letters(text: str) -> None:
+    """Each word of Thai, Lao, Myanmar or Khmer holds 1–5 letters (3 but a run's last, which
+    takes what is left), and the words of a run give it back whole."""
+    for word in tokens(text):
+        if any(lo <= ord(word[-1]) <= hi for lo, hi in UNSPACED_RANGES):
+            letters = sum(
+                1 for char in word if not unicodedata.category(char).startswith("M") and char not in JOINERS
+            )
+            assert letters <= 2 * UNSPACED_LETTERS_PER_WORD - 1
+
+
+def test_unspaced_run_of_many_letters() -> None:
+    run = "กขค" * 7 + "ง"  # 22 letters: six words of 3, the last of 4
+    assert tokens(run) == ["กขค"] * 6 + ["กขคง"]
 
 
 @given(texts)
@@ -65,7 +120,7 @@ def test_token_spans_match_tokens(text: str) -> None:
     assert spans.is_cjk.tolist() == [len(word) == 1 and is_cjk(word) for word in words]
 
 
-@pytest.mark.parametrize("char", ["a", "é", "中", "😀", "\ud800"])
+@pytest.mark.parametrize("char", ["a", "é", "中", "😀", "\ud800", "ไ", "\u200b"])
 def test_token_spans_uses_one_element_per_character(char: str) -> None:
     text = f"x {char * 3} y"
     spans = token_spans(text)

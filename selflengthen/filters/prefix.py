@@ -7,8 +7,9 @@ chunk is looked at once (no re-scan of the text), so the cost stays far below th
 saves. Only certain failures count: whatever follows the prefix, the filter rejects the text.
 
 - `RepeatWatch` (for `RepetitionFilter`): an n-gram that occurs twice in the prefix occurs twice
-  in every continuation of it, once its last word is complete (followed by whitespace or a CJK
-  character; a run of letters at the very end may still grow). With `ngram=None` the filter
+  in every continuation of it, once its last word is complete (followed by whitespace, or one
+  CJK character; any other word at the very end, a run of letters, a piece of Thai or an emoji,
+  may still grow). With `ngram=None` the filter
   picks n from the finished text's script mix (13 for mostly CJK, 10 otherwise), which a prefix
   does not settle, so the watch looks for repeated 13-grams: a repeated 13-gram contains a
   repeated 10-gram, so the text fails under either n.
@@ -28,7 +29,7 @@ from typing import Protocol
 from selflengthen.filters.character_loop import CharacterLoopFilter
 from selflengthen.filters.meta_comment import MetaCommentFilter
 from selflengthen.filters.repetition import CJK_NGRAM, DEFAULT_NGRAM, RepetitionFilter
-from selflengthen.text import is_cjk, is_content, tokens
+from selflengthen.text import is_content, token_spans
 
 #: The line boundaries of `str.splitlines`.
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -63,10 +64,14 @@ class RepeatWatch:
             return self.reason
         text = self._pending + chunk
         self._pending = ""
-        words = tokens(text)
-        if words and not text[-1].isspace() and not is_cjk(words[-1][0]):
-            # A run of non-CJK characters at the very end: the next chunk may continue it.
-            self._pending = words.pop()
+        spans = token_spans(text)
+        starts, ends = spans.starts.tolist(), spans.ends.tolist()
+        words = [text[start:end] for start, end in zip(starts, ends, strict=True)]
+        if words and not text[-1].isspace() and not spans.is_cjk[-1]:
+            # A word that is not one CJK character at the very end (a run of letters, a piece of
+            # Thai, an emoji), with what follows it: the next chunk may continue it.
+            self._pending = text[starts[-1] :]
+            words.pop()
         for word in words:
             if not is_content(word):  # the filter skips punctuation-only words
                 continue
