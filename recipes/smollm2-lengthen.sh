@@ -4,7 +4,8 @@
 # (recipes/smollm2-lengthen/run.yaml, its `seed` replaced by $SEED), then the held-out evaluation
 # of the base model and each iteration's Generator (prompts the loop never saw, 2 samples each,
 # plus the built-in length-following prompts; the evaluation's own seed stays 0 so that every
-# run is measured the same way). About 2 hours on 2 CPU cores. Rerunning resumes both parts.
+# run is measured the same way), with each held-out answer's relevance to its prompt
+# (`eval --relevance`, scored on the base model). About 2 hours on 2 CPU cores. Rerunning resumes both parts.
 # Output: runs/smollm2-lengthen/ (seed 0) or runs/smollm2-lengthen-seed<N>/, with eval/ inside.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -19,4 +20,4 @@ run_dir=runs/smollm2-lengthen
 "$selflengthen" run --config recipes/smollm2-lengthen/run.yaml \
     --set "seed=$seed" --set "run_dir=$run_dir" "$@"
 exec "$selflengthen" eval --compare "$run_dir" --out "$run_dir/eval" \
-    --max-tokens 2000 --concurrency 64 --seed 0
+    --max-tokens 2000 --concurrency 64 --seed 0 --relevance

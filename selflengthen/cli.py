@@ -349,6 +349,16 @@ def eval_command(
             min=0, help="With --compare: answers per growth prompt and model (0: no growth evaluation)."
         ),
     ] = 2,
+    relevance: Annotated[
+        bool,
+        typer.Option(
+            help="With --compare: score each growth answer's relevance to its prompt, per third of the "
+            "answer, "
+            "on the base model (the ratio of the segment's perplexity with the prompt to without it; "
+            "selflengthen.relevance), and report the first and last segments' mean ratio and the share of "
+            "answers whose last segment is off topic."
+        ),
+    ] = False,
     *,
     engine: EngineOptions,
     model: ResolvedModel,
@@ -373,7 +383,11 @@ def eval_command(
             + ", ".join(overlap.prompt_id for overlap in growth.excluded),
             err=True,
         )
-    results = evaluate(table, contenders, list(responses or []), out, engine, sampling, rater, growth)
+    if relevance and growth is None:
+        raise SelflengthenError("--relevance: needs --compare RUN_DIR with --growth-samples > 0")
+    results = evaluate(
+        table, contenders, list(responses or []), out, engine, sampling, rater, growth, relevance
+    )
     typer.echo(markdown_table(results["aggregates"]))
     if "growth" in results:
         typer.echo(growth_table(results["growth"]))

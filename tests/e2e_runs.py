@@ -29,6 +29,7 @@ import polars as pl
 import psutil
 
 from selflengthen.config import load_config
+from selflengthen.relevance import score_pairs
 
 SCRIPT = shutil.which("selflengthen", path=str(Path(sys.executable).parent))
 RECIPE = Path(__file__).resolve().parent.parent / "recipes" / "smollm2-cpu" / "run.yaml"
@@ -37,6 +38,7 @@ FLOAT32 = ["--set", "engine.vllm_args=[--dtype, float32]"]
 #: In the reference run's environment: no file it writes may contain them.
 SECRETS = {"HF_TOKEN": "hf_reliabilityTestToken0123456789", "OPENAI_API_KEY": "sk-reliability-0123456789"}
 SERVER_MODULE = "vllm.entrypoints.openai.api_server"
+RELEVANCE_PAIRS = Path(__file__).resolve().parent / "data" / "relevance_pairs.jsonl"
 
 
 def run_command(run_dir: Path, *extra: str) -> list[str]:
@@ -230,6 +232,7 @@ class ReferenceRun:
     listening: list[tuple[str, int]]
     second: subprocess.CompletedProcess[str]
     logs: tuple[str, ...]
+    relevance: dict[str, list[list[float]]]
 
 
 def make_reference_run(run_dir: Path) -> ReferenceRun:
@@ -250,6 +253,7 @@ def make_reference_run(run_dir: Path) -> ReferenceRun:
         if connection.status == psutil.CONN_LISTEN
     ]
     second = subprocess.run(run_command(run_dir), capture_output=True, text=True, timeout=300)
+    relevance = score_relevance_pairs(command)
     logs = [kill_when_checkpointed(run, run_dir, "iter_1/initial")]
 
     run = Run(run_dir, "2-server-extend")
@@ -268,7 +272,35 @@ def make_reference_run(run_dir: Path) -> ReferenceRun:
 
     output = Run(run_dir, "4-complete").finish()
     logs.append(output)
-    return ReferenceRun(run_dir, output, command, listening, second, tuple(logs))
+    return ReferenceRun(run_dir, output, command, listening, second, tuple(logs), relevance)
+
+
+def score_relevance_pairs(server_command: list[str]) -> dict[str, list[list[float]]]:
+    """The relevance ratios (`selflengthen.relevance`) of tests/data/relevance_pairs.jsonl on the
+    run's server while it generates: each text with its own instruction (`own`), with the next
+    text's instruction (`mismatched`), and with its second half replaced by the next text's
+    second half (`drifted`, with its own instruction)."""
+    url = f"http://127.0.0.1:{server_command[server_command.index('--port') + 1]}"
+    model = httpx.get(f"{url}/v1/models", timeout=30).json()["data"][0]["id"]
+    pairs = [json.loads(line) for line in RELEVANCE_PAIRS.read_text().splitlines()]
+    following = pairs[1:] + pairs[:1]
+
+    def halves(text: str) -> tuple[str, str]:
+        middle = text.index(" ", len(text) // 2)
+        return text[:middle], text[middle:]
+
+    cases = {
+        "own": [(pair["instruction"], pair["text"]) for pair in pairs],
+        "mismatched": [
+            (other["instruction"], pair["text"]) for pair, other in zip(pairs, following, strict=True)
+        ],
+        "drifted": [
+            (pair["instruction"], halves(pair["text"])[0] + halves(other["text"])[1])
+            for pair, other in zip(pairs, following, strict=True)
+        ],
+    }
+    ratios = iter(score_pairs(url, model, [pair for case in cases.values() for pair in case]))
+    return {name: [next(ratios) for _ in case] for name, case in cases.items()}
 
 
 def kill_leftover_runs() -> None:

@@ -14,6 +14,7 @@ import pytest
 
 from selflengthen.engine.models import resolve_model
 from selflengthen.eval.scores import length_following_score
+from selflengthen.relevance import OFF_TOPIC_RATIO
 from selflengthen.text import count_words
 from tests.run_fixture import make_run
 
@@ -78,12 +79,13 @@ def test_eval_compare_measures_growth_on_prompts_the_run_never_saw(tmp_path: Pat
     out = tmp_path / "eval"
     command = [
         SCRIPT, "eval", "--compare", str(run_dir), "--out", str(out), "--limit", "2",
-        "--growth-prompts", str(prompts), "--growth-samples", "2", "--max-tokens", "200",
+        "--growth-prompts", str(prompts), "--growth-samples", "2", "--max-tokens", "200", "--relevance",
     ]  # fmt: skip
     result = subprocess.run(command, capture_output=True, text=True, timeout=1200)
     assert result.returncode == 0, result.stderr[-3000:]
     assert "left out 1 growth prompt(s) that the run has seen: seen" in result.stderr
-    assert result.stdout.count("starting vLLM") == 2  # one server per model, both prompt sets in it
+    # One server per model, both prompt sets in it; the base answers last and scores relevance.
+    assert result.stdout.count("starting vLLM") == 2
     results = json.loads((out / "results.json").read_text())
     growth = results["growth"]
     assert growth["prompts"] == 2 and [e["prompt_id"] for e in growth["excluded_prompts"]] == ["seen"]
@@ -106,6 +108,12 @@ def test_eval_compare_measures_growth_on_prompts_the_run_never_saw(tmp_path: Pat
         assert evidence["words"].drop_nulls().sort().to_list() == sorted(entry["words"])
         passed = evidence.filter(pl.col("text").is_not_null())["pass_ending"]
         assert entry["pass_ending_pct"] == pytest.approx(100 * passed.sum() / passed.len(), abs=0.05)
+        scored = evidence.filter(pl.col("relevance").is_not_null())
+        assert entry["relevance_scored"] == scored.height > 0
+        lasts = [ratios[-1] for ratios in scored["relevance"].to_list()]
+        assert all(ratio > 0 for ratios in scored["relevance"].to_list() for ratio in ratios)
+        assert entry["relevance_last"]["value"] == pytest.approx(sum(lasts) / len(lasts), abs=0.001)
+        assert scored["off_topic_end"].to_list() == [ratio > OFF_TOPIC_RATIO for ratio in lasts]
     assert "ratio_to_base" not in growth["models"]["base"]
     ratio = growth["models"]["iter-1"]["ratio_to_base"]
     base_mean, trained_mean = (growth["models"][label]["mean_words"]["value"] for label in ("base", "iter-1"))
@@ -113,6 +121,7 @@ def test_eval_compare_measures_growth_on_prompts_the_run_never_saw(tmp_path: Pat
     extended = pl.read_parquet(run_dir / "iter_1/extended/data/*.parquet")
     assert growth["extender"]["1"]["rows_kept"] == extended.height
     assert "## Length growth on held-out prompts" in (out / "results.md").read_text()
+    assert "relevance, last segment" in (out / "results.md").read_text()
     assert {"growth_words.png", "extender_growth.png"} <= {path.name for path in (out / "plots").iterdir()}
     again = subprocess.run(command, capture_output=True, text=True, timeout=600)
     assert again.returncode == 0 and "starting vLLM" not in again.stdout  # finished answers reused

@@ -14,15 +14,18 @@ from selflengthen.eval import bootstrap
 from selflengthen.eval.growth import (
     GROWTH_ROWS,
     HELDOUT,
+    GrowthSetup,
     growth_setup,
     heldout_answers,
     load_growth_prompts,
     summarise,
+    with_relevance,
 )
 from selflengthen.eval.overlap import find_overlaps, similarity
 from selflengthen.eval.prompts import load_prompts
-from selflengthen.eval.report import write_report
+from selflengthen.eval.report import growth_table, write_report
 from selflengthen.prompts import shipped_seeds
+from selflengthen.relevance import OFF_TOPIC_RATIO
 from selflengthen.text import count_words
 from tests.run_fixture import make_run
 
@@ -179,11 +182,16 @@ def _text(words: int, end: str = ".") -> str:
     return " ".join(f"w{index}" for index in range(words)) + end
 
 
-def test_summary_figures_per_model(tmp_path: Path) -> None:
+def _two_prompts_twice(tmp_path: Path) -> GrowthSetup:
+    """The growth setup of a one-iteration run asked prompts `a` and `b`, 2 samples each."""
     run_dir = make_run(tmp_path, iterations=1)
     prompts = tmp_path / "prompts.jsonl"
     prompts.write_text("".join(json.dumps({"id": p, "query": f"Describe place {p}."}) + "\n" for p in "ab"))
-    setup = growth_setup(run_dir, str(prompts), samples=2)
+    return growth_setup(run_dir, str(prompts), samples=2)
+
+
+def test_summary_figures_per_model(tmp_path: Path) -> None:
+    setup = _two_prompts_twice(tmp_path)
     base = _answers(
         "base",
         {
@@ -282,3 +290,32 @@ def test_report_files_hold_the_growth_table_and_plots(tmp_path: Path) -> None:
     for name in ("growth_words.png", "extender_growth.png", "scatter.png", "by_type.png"):
         data = (out / "plots" / name).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) > 5000, name
+
+
+def test_relevance_figures_per_model(tmp_path: Path) -> None:
+    setup = _two_prompts_twice(tmp_path)
+    answers = _answers(
+        "iter-1",
+        {
+            ("a", 1): (_text(90), "stop"),
+            ("a", 2): (_text(90), "stop"),
+            ("b", 1): (_text(90), "stop"),
+            ("b", 2): (None, None),  # a failed request is not scored
+        },
+    )
+    ends = [0.8, OFF_TOPIC_RATIO + 0.05, 0.9]
+    scored = with_relevance(answers, [[0.6, 0.7, ends[0]], [0.7, 0.9, ends[1]], [0.8, 0.8, ends[2]]])
+    assert scored["off_topic_end"].to_list() == [False, True, False, None]
+    assert scored["relevance"].to_list()[3] is None
+    figures = summarise({"iter-1": scored}, setup, seed=0)["models"]["iter-1"]
+    assert figures["relevance_scored"] == 3
+    assert figures["relevance_first"]["value"] == pytest.approx(0.7)
+    assert figures["relevance_last"]["value"] == pytest.approx(np.mean(ends), abs=0.001)
+    assert figures["off_topic_end_pct"]["value"] == pytest.approx(100 / 3, abs=0.05)
+    low, high = figures["relevance_first"]["low"], figures["relevance_first"]["high"]
+    assert low <= 0.7 <= high and low < high  # prompts differ: the interval is not a point
+    assert "relevance_first" not in summarise({"iter-1": answers}, setup, seed=0)["models"]["iter-1"]
+    table = growth_table(summarise({"iter-1": scored}, setup, seed=0))
+    header, row = table.splitlines()[2], table.splitlines()[4]
+    assert "relevance, last segment" in header and "last segment off topic" in header
+    assert row.count("|") == header.count("|") and "33.3% [" in row

@@ -9,8 +9,10 @@ measured on text the loop never saw.
 
 Per model: mean and median words with 95% intervals (prompts resampled), the ratio of its mean
 words to the base's on the same prompts (paired), the share of answers cut at `max_tokens` and
-the share passing the repetition and ending filters. From the run itself: the Extender's growth
-ratio (extended / initial words) of the rows each iteration kept.
+the share passing the repetition and ending filters; with relevance scoring
+(`selflengthen.relevance`, on the base model), the mean relevance ratio of the answers' first and
+last segments and the share whose last segment is off the prompt. From the run itself: the
+Extender's growth ratio (extended / initial words) of the rows each iteration kept.
 """
 
 from __future__ import annotations
@@ -29,6 +31,7 @@ from selflengthen.eval import bootstrap
 from selflengthen.eval.overlap import Overlap, find_overlaps
 from selflengthen.eval.prompts import packaged_prompts
 from selflengthen.filters import EndingFilter, RepetitionFilter
+from selflengthen.relevance import OFF_TOPIC_RATIO
 from selflengthen.run_folder import RunFolder
 from selflengthen.tables import read_table, require_columns
 from selflengthen.text import count_words
@@ -167,6 +170,42 @@ def heldout_answers(frame: pl.DataFrame) -> pl.DataFrame:
     )
 
 
+def with_relevance(answers: pl.DataFrame, ratios: list[list[float]]) -> pl.DataFrame:
+    """`answers` (one model's `heldout_answers`) with each answer's segment relevance ratios
+    (`relevance`, first segment first; null where the request failed or the answer has no
+    words) and whether its last segment is off its prompt (`off_topic_end`: ratio above
+    `OFF_TOPIC_RATIO`). `ratios` holds one list per answered row, in order."""
+    scored = iter(ratios)
+    column = [next(scored) or None if text is not None else None for text in answers["text"]]
+    ends = [None if value is None else value[-1] > OFF_TOPIC_RATIO for value in column]
+    return answers.with_columns(
+        pl.Series("relevance", column, dtype=pl.List(pl.Float64)),
+        pl.Series("off_topic_end", ends, dtype=pl.Boolean),
+    )
+
+
+def _relevance_figures(frame: pl.DataFrame, prompt_ids: list[str], samples: int, seed: int) -> dict[str, Any]:
+    """Mean relevance ratio of the first and of the last segment, and the share of answers whose
+    last segment is off topic, each with its interval (prompts resampled)."""
+    scored = frame.filter(pl.col("relevance").is_not_null())
+    values = {
+        "relevance_first": scored.with_columns(pl.col("relevance").list.first().alias("value")),
+        "relevance_last": scored.with_columns(pl.col("relevance").list.last().alias("value")),
+        "off_topic_end_pct": scored.with_columns(
+            (100 * pl.col("off_topic_end").cast(pl.Float64)).alias("value")
+        ),
+    }
+    figures: dict[str, Any] = {"relevance_scored": scored.height}
+    for name, rows in values.items():
+        matrix = _matrix(rows.with_columns(pl.col("value").alias("words")), prompt_ids, samples)
+        figures[name] = (
+            bootstrap.mean_and_median(matrix, seed=seed)[0].rounded(3 if name != "off_topic_end_pct" else 1)
+            if scored.height
+            else None
+        )
+    return figures
+
+
 def summarise(answers: dict[str, pl.DataFrame], setup: GrowthSetup, seed: int) -> dict[str, Any]:
     """The growth figures of every model (see the module's docstring); `answers` holds each
     model's `heldout_answers`."""
@@ -192,6 +231,8 @@ def summarise(answers: dict[str, pl.DataFrame], setup: GrowthSetup, seed: int) -
             "pass_both_pct": round(share * both, 1),
             "words": [int(words) for words in answered["words"]],
         }
+        if "relevance" in frame.columns:
+            models[label] |= _relevance_figures(frame, prompt_ids, samples, seed)
     base = matrices.get(setup.base_label)
     if base is not None:
         for label, matrix in matrices.items():

@@ -126,6 +126,10 @@ def growth_table(growth: dict[str, Any]) -> str:
         "| cut at max_tokens | pass repetition | pass ending | length score (constrained) |",
         "|---|---|---|---|---|---|---|---|---|---|",
     ]
+    relevance = any("relevance_last" in entry for entry in growth["models"].values())
+    if relevance:
+        lines[2] += " relevance, first segment | relevance, last segment | last segment off topic |"
+        lines[3] += "---|---|---|"
     for label, entry in growth["models"].items():
         longer = entry.get("prompts_longer_than_base_pct")
         cells = [
@@ -140,6 +144,13 @@ def growth_table(growth: dict[str, Any]) -> str:
             f"{entry['pass_ending_pct']}%",
             "–" if entry.get("length_score") is None else str(entry["length_score"]),
         ]
+        if relevance:
+            off = entry.get("off_topic_end_pct")
+            cells += [
+                _interval(entry.get("relevance_first")),
+                _interval(entry.get("relevance_last")),
+                "–" if off is None else f"{off['value']}% [{off['low']}, {off['high']}]",
+            ]
         lines.append("| " + " | ".join(cells) + " |")
     if growth["extender"]:
         lines += [

@@ -8,6 +8,7 @@ an interrupted one from its checkpoints.
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -18,16 +19,24 @@ from typing import Any
 import polars as pl
 from datatrove.data import Document
 
-from selflengthen.builders.step import RESULTS_KEY, StepFolder, finish_step, run_inference, sum_tallies
+from selflengthen.builders.step import (
+    RESULTS_KEY,
+    StepFolder,
+    finish_step,
+    run_inference,
+    sum_tallies,
+    write_text_atomic,
+)
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError
-from selflengthen.eval.growth import GROWTH_ROWS, GrowthSetup, heldout_answers, summarise
+from selflengthen.eval.growth import GROWTH_ROWS, GrowthSetup, heldout_answers, summarise, with_relevance
 from selflengthen.eval.prompts import normalise
 from selflengthen.eval.report import write_report
 from selflengthen.eval.rollouts import CRITERIA, answer_rollout, judge_rollout
 from selflengthen.eval.scores import length_following_score, longbench_length_score
+from selflengthen.relevance import score_pairs
 from selflengthen.tables import read_table, require_columns, write_table
 from selflengthen.text import count_words
 
@@ -210,6 +219,49 @@ def _judgements(
     return frame.join(folder.read(), on="id", how="left")
 
 
+def _with_relevance(
+    answers: dict[str, pl.DataFrame],
+    growth: GrowthSetup,
+    folder: Path,
+    server: SharedServer,
+    scorer: ResolvedModel,
+) -> dict[str, pl.DataFrame]:
+    """Each model's growth answers with their segments' relevance to the prompt, all scored by
+    `scorer` (the base model: one yardstick for every iteration). Scores are kept in
+    `folder/<label>.json`; a rerun on the same answers reuses them."""
+    queries = dict(zip(growth.requests["prompt_id"], growth.requests["query"], strict=True))
+    pairs: dict[str, list[tuple[str, str]]] = {}
+    kept: dict[str, list[list[float]]] = {}
+    for label, frame in answers.items():
+        pairs[label] = [
+            (queries[row["prompt_id"]], row["text"])
+            for row in frame.iter_rows(named=True)
+            if row["text"] is not None
+        ]
+        saved = folder / f"{label}.json"
+        if saved.exists():
+            stored = json.loads(saved.read_text())
+            if stored["pairs"] == [list(pair) for pair in pairs[label]]:
+                kept[label] = stored["relevance"]
+    missing = [label for label in pairs if label not in kept]
+
+    def score_missing(engine: EngineOptions) -> dict[str, list[list[float]]]:
+        assert engine.endpoint is not None
+        base_url = engine.endpoint.rstrip("/").removesuffix("/v1")
+        flat = [pair for label in missing for pair in pairs[label]]
+        scored = score_pairs(base_url, engine.model, flat, engine.api_key(), engine.concurrency, "relevance")
+        ratios = iter(scored)
+        return {label: [next(ratios) for _ in pairs[label]] for label in missing}
+
+    if missing:
+        kept |= server.serve(scorer, score_missing)
+        folder.mkdir(parents=True, exist_ok=True)
+        for label in missing:
+            record = {"scorer": scorer.spec, "pairs": pairs[label], "relevance": kept[label]}
+            write_text_atomic(json.dumps(record), folder / f"{label}.json")
+    return {label: with_relevance(frame, kept[label]) for label, frame in answers.items()}
+
+
 def evaluate(
     prompts: pl.DataFrame,
     contenders: list[Contender],
@@ -219,11 +271,13 @@ def evaluate(
     sampling: SamplingOptions,
     judge: Judge | None = None,
     growth: GrowthSetup | None = None,
+    relevance: bool = False,
 ) -> dict[str, Any]:
     """Everything `selflengthen eval` does; returns the results written to `out/results.json`.
 
     With `growth`, each contender also answers the growth prompts, in the same step as the
-    scored prompts (one batch keeps the server busy to the end)."""
+    scored prompts (one batch keeps the server busy to the end); with `relevance` too, every
+    growth answer is then scored for relevance to its prompt on the base model's server."""
     existing = [  # bad files fail before any work
         frame for path in responses for frame in read_responses(path)
     ]
@@ -241,14 +295,23 @@ def evaluate(
                 f"prompt id {sorted(clash)[0]!r} is also a growth request's id; rename it"
             )
         asked = pl.concat([prompts, growth.requests], how="diagonal_relaxed")
-    frames, growth_answers = [], {}
+    scorer_label = growth.base_label if growth is not None and relevance else None
+    # The base model scores relevance: answered last, its server is still up for the scoring.
+    order = sorted(contenders, key=lambda contender: contender.label == scorer_label)
+    answered_by: dict[str, pl.DataFrame] = {}
+    growth_answers: dict[str, pl.DataFrame] = {}
     try:
-        for contender in contenders:
+        for contender in order:
             answered = _answers(contender, asked, out, server, sampling)
             if growth is not None:
                 growth_answers[contender.label] = heldout_answers(answered.filter(GROWTH_ROWS))
                 answered = answered.filter(~GROWTH_ROWS).drop("prompt_id", "sample")
-            frames.append(answered)
+            answered_by[contender.label] = answered
+        frames = [answered_by[contender.label] for contender in contenders]
+        growth_answers = {c.label: growth_answers[c.label] for c in contenders if c.label in growth_answers}
+        if growth is not None and scorer_label is not None:
+            base = next(contender.model for contender in contenders if contender.label == scorer_label)
+            growth_answers = _with_relevance(growth_answers, growth, out / "relevance", server, base)
         frames += existing
         scored = [score(frame) for frame in frames]
         if judge is not None:
