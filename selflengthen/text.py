@@ -120,6 +120,12 @@ def tokens(text: str) -> list[str]:
     return _TOKEN_RE.findall(text)
 
 
+def word_bounds(text: str) -> list[tuple[int, int]]:
+    """The (start, end) offsets of the words of `text` in order, by the reference expression:
+    for short texts (a streamed chunk), where `token_spans`' arrays cost more than they save."""
+    return [match.span() for match in _TOKEN_RE.finditer(text)]
+
+
 def count_words(text: str) -> int:
     """Number of words in `text` (`len(tokens(text))`, computed faster)."""
     if text.isascii():
@@ -240,8 +246,7 @@ def token_spans(text: str) -> TokenSpans:
 
 def _spans_by_pattern(text: str, points: np.ndarray) -> TokenSpans:
     """`token_spans` through the reference regular expression."""
-    matches = [match.span() for match in _TOKEN_RE.finditer(text)]
-    bounds = np.array(matches, dtype=np.int64).reshape(-1, 2)
+    bounds = np.array(word_bounds(text), dtype=np.int64).reshape(-1, 2)
     starts, ends = bounds[:, 0].copy(), bounds[:, 1].copy()
     one_char = starts[ends - starts == 1]
     cjk = np.zeros(len(starts), dtype=bool)

@@ -29,7 +29,7 @@ from typing import Protocol
 from selflengthen.filters.character_loop import CharacterLoopFilter
 from selflengthen.filters.meta_comment import MetaCommentFilter
 from selflengthen.filters.repetition import CJK_NGRAM, DEFAULT_NGRAM, RepetitionFilter
-from selflengthen.text import is_content, token_spans
+from selflengthen.text import is_cjk, is_content, word_bounds
 
 #: The line boundaries of `str.splitlines`.
 _LINE_BREAK = re.compile("[\n\r\v\f\x1c\x1d\x1e\x85\u2028\u2029]")
@@ -64,13 +64,12 @@ class RepeatWatch:
             return self.reason
         text = self._pending + chunk
         self._pending = ""
-        spans = token_spans(text)
-        starts, ends = spans.starts.tolist(), spans.ends.tolist()
-        words = [text[start:end] for start, end in zip(starts, ends, strict=True)]
-        if words and not text[-1].isspace() and not spans.is_cjk[-1]:
+        bounds = word_bounds(text)
+        words = [text[start:end] for start, end in bounds]
+        if words and not text[-1].isspace() and not (len(words[-1]) == 1 and is_cjk(words[-1])):
             # A word that is not one CJK character at the very end (a run of letters, a piece of
             # Thai, an emoji), with what follows it: the next chunk may continue it.
-            self._pending = text[starts[-1] :]
+            self._pending = text[bounds[-1][0] :]
             words.pop()
         for word in words:
             if not is_content(word):  # the filter skips punctuation-only words
