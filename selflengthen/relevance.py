@@ -131,6 +131,11 @@ class RelevanceScorer:
         tokenized = await self._post(
             "/tokenize", {"model": self.model, "prompt": piece, "add_special_tokens": False}
         )
+        if not isinstance(tokenized.get("tokens"), list):
+            raise SelflengthenError(
+                f"{self.base_url}/tokenize: the server answered without `tokens`; "
+                "relevance needs a vLLM server"
+            )
         messages = [{"role": "user", "content": instruction}, {"role": "assistant", "content": piece}]
         answer = await self._post(
             "/v1/chat/completions",
@@ -163,7 +168,7 @@ class RelevanceScorer:
                 raise SelflengthenError(f"{self.base_url}{path}: {type(error).__name__}: {error}") from None
         if response.status_code != 200:
             raise SelflengthenError(
-                f"{self.base_url}{path}: HTTP {response.status_code}: {response.text[:300]}"
+                f"{self.base_url}{path}: HTTP {response.status_code}: {' '.join(response.text[:300].split())}"
             )
         return response.json()
 

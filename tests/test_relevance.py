@@ -5,16 +5,19 @@ from datatrove.data import Document
 from hypothesis import given
 from hypothesis import strategies as st
 
+from selflengthen.errors import SelflengthenError
 from selflengthen.filters import DROP_DETAIL
 from selflengthen.filters.on_topic import RELEVANCE_KEY, OnTopicFilter
 from selflengthen.relevance import (
     MAX_SEGMENT_WORDS,
     MIN_SEGMENT_WORDS,
     relevance_ratio,
+    score_pairs,
     segment_logprobs,
     segments,
 )
 from selflengthen.text import count_words, tokens
+from tests.fake_endpoint import fake_endpoint
 from tests.strategies import texts
 
 
@@ -120,3 +123,14 @@ def test_on_topic_filter_counts_its_drops_in_a_pipeline() -> None:
     assert [document.metadata[RELEVANCE_KEY] for document in kept] == [[0.7, 0.8]]
     assert check.stats["dropped_off_topic"].total == 1
     assert check.stats["dropped_missing_relevance"].total == 1
+
+
+def test_a_server_without_prompt_log_probabilities_is_one_line_naming_it() -> None:
+    """An OpenAI-compatible server that is not vLLM (here one that answers every request with a
+    chat completion): the scorer says what is missing instead of failing on a missing key."""
+    text = " ".join(f"word{index}" for index in range(90)) + "."
+    with fake_endpoint() as endpoint:
+        base_url = endpoint.removesuffix("/v1")
+        with pytest.raises(SelflengthenError, match="relevance needs a vLLM server") as error:
+            score_pairs(base_url, "m", [("Describe a harbour.", text)])
+    assert "\n" not in str(error.value) and base_url in str(error.value)
