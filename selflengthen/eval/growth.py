@@ -189,15 +189,15 @@ def _relevance_figures(frame: pl.DataFrame, prompt_ids: list[str], samples: int,
     last segment is off topic, each with its interval (prompts resampled)."""
     scored = frame.filter(pl.col("relevance").is_not_null())
     values = {
-        "relevance_first": scored.with_columns(pl.col("relevance").list.first().alias("value")),
-        "relevance_last": scored.with_columns(pl.col("relevance").list.last().alias("value")),
+        "relevance_first": scored.with_columns(pl.col("relevance").list.first().alias("words")),
+        "relevance_last": scored.with_columns(pl.col("relevance").list.last().alias("words")),
         "off_topic_end_pct": scored.with_columns(
-            (100 * pl.col("off_topic_end").cast(pl.Float64)).alias("value")
+            (100 * pl.col("off_topic_end").cast(pl.Float64)).alias("words")
         ),
     }
     figures: dict[str, Any] = {"relevance_scored": scored.height}
     for name, rows in values.items():
-        matrix = _matrix(rows.with_columns(pl.col("value").alias("words")), prompt_ids, samples)
+        matrix = _matrix(rows, prompt_ids, samples)  # `_matrix` reads the value as `words`
         figures[name] = (
             bootstrap.mean_and_median(matrix, seed=seed)[0].rounded(3 if name != "off_topic_end_pct" else 1)
             if scored.height
