@@ -220,13 +220,22 @@ def extend_command(
             "--min-ratio × longer: one token per missing word."
         ),
     ] = False,
+    on_topic: Annotated[
+        float | None,
+        typer.Option(
+            help="Drop a kept extension when a segment after its first has a relevance ratio "
+            "(PPL with the instruction / PPL without, scored on the step's server) above this; "
+            "0.96 is the threshold validated on the embedded model. Off by default.",
+            show_default=False,
+        ),
+    ] = None,
     *,
     engine: EngineOptions,
     model: ResolvedModel,
     sampling: SamplingOptions,
 ) -> None:
     """Lengthen each initial response with the Extender, filter and sample (step 3)."""
-    settings = ExtendSettings(rounds, max_retries, min_ratio, sampling, force_growth)
+    settings = ExtendSettings(rounds, max_retries, min_ratio, sampling, force_growth, on_topic)
     initial = previous_step(run_dir, iteration, "initial", "run generate first")
     _serve_step(
         "extend", run_dir, iteration, "extended", (engine, model, sampling),

@@ -175,6 +175,8 @@ class ExtendSection(_Section):
     max_retries: Positive = 3
     min_ratio: Annotated[float, Field(gt=0)] = 1.2
     force_growth: bool = False
+    #: `OnTopicFilter`'s max_ratio on the kept extensions (null: not applied).
+    on_topic: Annotated[float, Field(gt=0)] | None = None
     max_tokens: Positive | None = None
 
 

@@ -278,6 +278,7 @@ def _extend(runner: Runner, iteration: int, initial: pl.DataFrame) -> None:
         section.min_ratio,
         config.sampling_options(section.max_tokens),
         section.force_growth,
+        section.on_topic,
     )
     runner.server.serve(
         extender, lambda engine: run_extend(runner.run_dir, iteration, initial, engine, extender, settings)

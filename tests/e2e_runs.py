@@ -67,6 +67,9 @@ EXTEND = [
     "--rounds", str(CONFIG.extend.rounds), "--max-retries", str(CONFIG.extend.max_retries),
     "--min-ratio", str(CONFIG.extend.min_ratio),
 ]  # fmt: skip
+#: The steps run's extend scores every grown row's relevance (`--on-topic`) with a bound no
+#: ratio reaches, so that it keeps the loop's rows.
+ON_TOPIC_NEVER_DROPS = ["--on-topic", "10"]
 BUILD_SFT = [
     "--line-drop-probability",
     str(CONFIG.sft_data.line_drop_probability),
@@ -87,10 +90,10 @@ def step_command(*args: str | Path) -> str:
 
 def make_steps_run(run: Path) -> Path:
     """Iteration 1 of the reference run's data, made by the step commands one by one with early
-    stop and speculation off, undisturbed."""
+    stop and speculation off, undisturbed; extend also scores relevance (`ON_TOPIC_NEVER_DROPS`)."""
     step_command("self-instruct", "--run-dir", run, *SELF_INSTRUCT, *SAMPLING)
     step_command("generate", "--run-dir", run, *GENERATE, *SAMPLING)
-    step_command("extend", "--run-dir", run, *EXTEND, *SAMPLING)
+    step_command("extend", "--run-dir", run, *EXTEND, *ON_TOPIC_NEVER_DROPS, *SAMPLING)
     step_command("build-sft", "--run-dir", run, *BUILD_SFT)
     return run
 

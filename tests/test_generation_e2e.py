@@ -21,7 +21,7 @@ from selflengthen.builders.extend import EXTENDED_SCHEMA
 from selflengthen.builders.generate import INITIAL_SCHEMA
 from selflengthen.builders.self_instruct import INSTRUCTION_SCHEMA
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, apply_filters
-from tests.e2e_runs import CONFIG, SAMPLING, STEPS, ReferenceRun, step_command
+from tests.e2e_runs import CONFIG, ON_TOPIC_NEVER_DROPS, SAMPLING, STEPS, ReferenceRun, step_command
 
 pytestmark = pytest.mark.e2e
 
@@ -109,6 +109,18 @@ def test_extended_rows_grew_and_are_clean(steps_run: Path) -> None:
     assert set(frame["id"]) <= set(initial["id"])
     means = frame["initial_words"].mean(), frame["extended_words"].mean()
     print(f"mean words initial {means[0]:.0f} -> extended {means[1]:.0f}")
+
+
+def test_extend_scored_every_grown_row_for_relevance_on_its_server(steps_run: Path) -> None:
+    """`--on-topic` on the real engine (the bound is never reached: `ON_TOPIC_NEVER_DROPS`):
+    every row that grew enough was scored, and the Extender's own texts stay on their
+    instructions (a last third's ratio below 1 in the median, as in `benchmarks/relevance.py`)."""
+    _, stats = step(steps_run, "extended")
+    on_topic = stats["on_topic"]
+    assert on_topic["max_ratio"] == float(ON_TOPIC_NEVER_DROPS[1])
+    assert on_topic["scored"] == stats["rows_grown"] >= 1 and on_topic["off_topic"] == 0
+    assert stats["failed_rows"]["off_topic"] == 0
+    assert 0 < on_topic["last_segment_ratio"]["median"] < 1, on_topic
 
 
 def test_finished_steps_do_no_new_requests(steps_run: Path) -> None:

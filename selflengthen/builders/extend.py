@@ -9,8 +9,9 @@ before it could reach `min_ratio` × the text (`stage_two_min_tokens`). An attem
 its result finishes, passes the filters and is longer than the best so far; a round makes up
 to `max_retries` attempts and goes on retrying after a longer result while the row is not yet
 keepable (`grow`). The best text is kept only if it passes `GrowthFilter` (more than `min_ratio`
-× the initial words); the kept rows then go through the length-weighted sampler. Output:
-`iter_<k>/extended/`.
+× the initial words) and, with `on_topic`, `OnTopicFilter` (each segment after the first stays on
+the instruction, scored on the step's server: `selflengthen.relevance`); the kept rows then go
+through the length-weighted sampler. Output: `iter_<k>/extended/`.
 """
 
 from __future__ import annotations
@@ -19,6 +20,7 @@ import dataclasses
 import json
 import math
 import re
+import statistics
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
 from dataclasses import dataclass, field
@@ -53,11 +55,16 @@ from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError, require_at_least_one
 from selflengthen.filters import GrowthFilter
+from selflengthen.filters.base import DROP_DETAIL
+from selflengthen.filters.on_topic import RELEVANCE_KEY, OnTopicFilter
 from selflengthen.filters.prefix import HeadMetaWatch, LoopWatch, RepeatWatch
 from selflengthen.prompts import template
+from selflengthen.relevance import RelevanceScorer
 from selflengthen.text import content_tokens, count_words
 
 _BLANK_LINES = re.compile(r"\n[ \t]*\n")
+#: Why a row has no extension (stats.json's `failed_rows`); the last only with `on_topic`.
+FAILURES = ("no_round_succeeded", "too_little_growth", "off_topic")
 
 EXTENDED_SCHEMA = {
     "id": pl.String,
@@ -79,16 +86,22 @@ EXTENDED_SCHEMA = {
 
 @dataclass(frozen=True)
 class ExtendSettings:
+    """The extend step's settings; `on_topic` is `OnTopicFilter`'s `max_ratio` (None: not
+    applied)."""
+
     rounds: int = 3
     max_retries: int = 3
     min_ratio: float = 1.2
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     force_growth: bool = False
+    on_topic: float | None = None
 
     def __post_init__(self) -> None:
         require_at_least_one(rounds=self.rounds, max_retries=self.max_retries)
         if not self.min_ratio > 0:
             raise SelflengthenError(f"--min-ratio: must be > 0, got {self.min_ratio}")
+        if self.on_topic is not None and not self.on_topic > 0:
+            raise SelflengthenError(f"--on-topic: must be > 0, got {self.on_topic}")
 
 
 def split_parts(text: str) -> tuple[list[str], str]:
@@ -313,10 +326,29 @@ async def grow(
     return growth
 
 
+async def off_topic(
+    scorer: RelevanceScorer, instruction: str, text: str, max_ratio: float
+) -> tuple[list[float], str | None]:
+    """`text`'s segments' relevance ratios to `instruction`, and `OnTopicFilter`'s reason to
+    drop it (`off_topic: <segment and ratio>`), or None when it stays on topic."""
+    ratios = await scorer.score(instruction, text)
+    document = Document(text=text, id="", metadata={RELEVANCE_KEY: ratios})
+    verdict = OnTopicFilter(max_ratio).filter(document)
+    if verdict is True:
+        return ratios, None
+    return ratios, ": ".join(part for part in (verdict[1], document.metadata.get(DROP_DETAIL)) if part)
+
+
 async def extend_rollout(
-    document: Document, generate: Any, *, settings: ExtendSettings, progress: StepProgress | None = None
+    document: Document,
+    generate: Any,
+    *,
+    settings: ExtendSettings,
+    progress: StepProgress | None = None,
+    relevance: Callable[[], RelevanceScorer] | None = None,
 ) -> dict[str, Any]:
-    """Extend one initial response over up to `rounds` rounds (a datatrove rollout function)."""
+    """Extend one initial response over up to `rounds` rounds (a datatrove rollout function);
+    with `settings.on_topic`, a kept text is then scored with a scorer from `relevance`."""
     tally = rollout_tally(progress)
     instruction, language = document.metadata["instruction"], document.metadata["language"]
 
@@ -325,15 +357,22 @@ async def extend_rollout(
         return await extend_once(generate, instruction, text, language, settings, seed_parts, attempt_tally)
 
     growth = await grow(document.text, settings, extend, tally)
+    failure = None if growth.kept else ("no_round_succeeded" if growth.rounds == 0 else "too_little_growth")
+    scored: dict[str, Any] = {}
+    if growth.kept and settings.on_topic is not None:
+        assert relevance is not None, "on_topic needs the step's relevance scorers"
+        async with relevance() as scorer:
+            ratios, reason = await off_topic(scorer, instruction, growth.text, settings.on_topic)
+        scored = {"relevance": ratios, "off_topic": reason}
+        failure = "off_topic" if reason is not None else None
     if progress is not None:
         progress.document_done(tally)
     return {
-        "extended_response": growth.text if growth.kept else None,
+        "extended_response": growth.text if growth.kept else None,  # kept for a look when off topic
         "rounds": growth.rounds,
         "attempts": growth.attempts,
-        "failure": None
-        if growth.kept
-        else ("no_round_succeeded" if growth.rounds == 0 else "too_little_growth"),
+        "failure": failure,
+        **scored,
         "tally": tally.as_dict(),
     }
 
@@ -359,10 +398,14 @@ def run_extend(
     lineage = json.dumps(settings.sampling.lineage())
 
     def rows(done: list[Document]) -> tuple[pl.DataFrame, dict[str, Any]]:
-        extended, failures = [], {"no_round_succeeded": 0, "too_little_growth": 0}
+        reasons = FAILURES if settings.on_topic is not None else FAILURES[:-1]
+        extended, failures = [], dict.fromkeys(reasons, 0)
+        last_ratios: list[float] = []
         for document in done:
             for result in document.metadata.get(RESULTS_KEY, []):
-                if result["extended_response"] is None:
+                if result.get("relevance"):
+                    last_ratios.append(result["relevance"][-1])
+                if result["failure"] is not None:
                     failures[result["failure"]] += 1
                     continue
                 source = by_id[document.id]
@@ -386,10 +429,22 @@ def run_extend(
                 )
         grown = pl.DataFrame(extended, schema=EXTENDED_SCHEMA).sort("id")
         kept = length_weighted_sample(grown, "extended_words", settings.sampling.seed)
+        on_topic = {
+            "on_topic": {
+                "max_ratio": settings.on_topic,
+                "scored": len(last_ratios),
+                "off_topic": failures["off_topic"],
+                "last_segment_ratio": {
+                    "median": round(statistics.median(last_ratios), 4) if last_ratios else None,
+                    "max": round(max(last_ratios), 4) if last_ratios else None,
+                },
+            }
+        }
         return kept, {
             "rows_grown": grown.height,
             "dropped_by_sampler": grown.height - kept.height,
             "failed_rows": failures,
+            **(on_topic if settings.on_topic is not None else {}),
             "initial_words": word_summary(kept["initial_words"].to_list()),
         }
 
@@ -401,5 +456,6 @@ def run_extend(
         rows,
         rows_in=len(documents),
         words_column="extended_words",
+        relevance=settings.on_topic is not None,
     )
     return run_step(step, iteration, engine, model, settings.sampling)

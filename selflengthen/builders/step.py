@@ -403,12 +403,15 @@ def run_inference(
     model: ResolvedModel,
     sampling: SamplingOptions,
     context: str | Callable[[], Any],
+    relevance: bool = False,
 ) -> list[Document]:
     """Run `rollout` over `documents` with datatrove's InferenceRunner (async requests,
     checkpoints, request cache) and return the documents with their rollout results.
 
     `context` is a progress-bar description, or a factory of datatrove's shared context (a
     context manager yielding the keyword arguments the rollout receives, `progress` included).
+    With `relevance`, the rollout also receives a factory of relevance scorers on the step's
+    server (`SelflengthenInferenceRunner`).
     A rerun after a crash or kill resumes: finished documents are not generated again.
     """
     if isinstance(context, str):
@@ -428,6 +431,7 @@ def run_inference(
         shared_context=context,
         engine=engine,
         seed=sampling.seed,
+        relevance=relevance,
     )
     pipeline = [partial(shard_documents, documents), runner]
     set_aside_damaged(work)
@@ -705,6 +709,7 @@ class GenerationStep:
         words_column: the column whose word counts stats.json summarises.
         context: a factory of datatrove's shared context for the rollouts (see `run_inference`);
             `None`: a progress bar.
+        relevance: the rollouts score relevance on the step's server (`run_inference`).
     """
 
     name: str
@@ -715,6 +720,7 @@ class GenerationStep:
     rows_in: int
     words_column: str = "words"
     context: Callable[[], Any] | None = None
+    relevance: bool = False
 
 
 def run_step(
@@ -730,7 +736,9 @@ def run_step(
         return stats
     started = time.monotonic()
     context = step.context or f"{step.name} (iter {iteration})"
-    done = run_inference(step.folder, step.documents, step.rollout, engine, model, sampling, context)
+    done = run_inference(
+        step.folder, step.documents, step.rollout, engine, model, sampling, context, step.relevance
+    )
     frame, specific = step.rows(done)
     stats = step_stats(step, iteration, frame, done, engine, model, sampling, started, **specific)
     return finish_step(step.folder, frame, stats)

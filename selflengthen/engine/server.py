@@ -13,6 +13,8 @@ import asyncio
 import contextlib
 import dataclasses
 import time
+from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ from selflengthen.engine.options import EngineOptions
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.engine.streaming import stream_chat
 from selflengthen.errors import SelflengthenError
+from selflengthen.relevance import RelevanceScorer
 
 _READY_POLL_SECONDS = 2.0
 _WATCH_SECONDS = 1.0
@@ -147,12 +150,29 @@ class TaskServer(WatchedServer):
 
 
 class SelflengthenInferenceRunner(InferenceRunner):
-    """datatrove's InferenceRunner, serving requests from our vLLM server (or an endpoint)."""
+    """datatrove's InferenceRunner, serving requests from our vLLM server (or an endpoint).
 
-    def __init__(self, *args: Any, engine: EngineOptions, seed: int, **kwargs: Any) -> None:
+    With `relevance`, the rollouts also receive `relevance`: a factory of `RelevanceScorer`s on
+    the server their requests go to (known only once datatrove has started it)."""
+
+    def __init__(
+        self, *args: Any, engine: EngineOptions, seed: int, relevance: bool = False, **kwargs: Any
+    ) -> None:
         super().__init__(*args, **kwargs)
         self.engine = engine
         self.seed = seed
+        self.relevance = relevance
+        self._server: InferenceServer | None = None
+
+    @contextlib.contextmanager
+    def get_shared_context_cm(self) -> Iterator[dict[str, Any]]:
+        with super().get_shared_context_cm() as shared:
+            if self.relevance:
+                assert self._server is not None, "the shared context is entered once the server runs"
+                url = self._server.get_base_url().rstrip("/").removesuffix("/v1")
+                model = self.config.model_name_or_path
+                shared = {**shared, "relevance": partial(RelevanceScorer, url, model, self.engine.api_key())}
+            yield shared
 
     async def run_async(self, data_gen: Any, rank: int = 0) -> None:
         """datatrove's run, with its request cache closed however it ends: an error before
@@ -171,6 +191,10 @@ class SelflengthenInferenceRunner(InferenceRunner):
                 self.request_cache._conn = None
 
     def _init_server(self, rank: int) -> InferenceServer:
+        self._server = self._new_server(rank)
+        return self._server
+
+    def _new_server(self, rank: int) -> InferenceServer:
         if self.config.server_type == "vllm":
             return TaskServer(self.config, rank, self.engine, self.seed)
         if self.engine.server_pid is not None:
