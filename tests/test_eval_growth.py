@@ -18,6 +18,7 @@ from selflengthen.eval.growth import (
     growth_setup,
     heldout_answers,
     load_growth_prompts,
+    relevance_by_length,
     summarise,
     with_relevance,
 )
@@ -319,3 +320,36 @@ def test_relevance_figures_per_model(tmp_path: Path) -> None:
     header, row = table.splitlines()[2], table.splitlines()[4]
     assert "relevance, last segment" in header and "last segment off topic" in header
     assert row.count("|") == header.count("|") and "33.3% [" in row
+
+
+def test_off_topic_ends_per_answer_length_use_the_bases_terciles() -> None:
+    """Word ranges from the base's answers (terciles: 40 and 60 words of 20/30/40/60/70/90), the
+    same for every model; each model's share of off-topic ends within each range."""
+    off, on = [0.5, 0.5, OFF_TOPIC_RATIO + 0.1], [0.5, 0.5, 0.5]
+
+    def scored(label: str, lengths: list[int], ends: list[list[float]]) -> pl.DataFrame:
+        texts = {(f"p{index}", 1): (_text(words), "stop") for index, words in enumerate(lengths)}
+        return with_relevance(_answers(label, texts), ends)
+
+    answers = {
+        "base": scored("base", [20, 30, 40, 60, 70, 90], [on, on, on, off, on, on]),
+        "iter-1": scored("iter-1", [25, 65, 80, 95], [off, on, off, off]),
+        "unscored": _answers("unscored", {("p0", 1): (_text(50), "stop")}),
+    }
+    table = relevance_by_length(answers, "base")
+    assert table is not None and table["terciles_of"] == "base" and "unscored" not in table["models"]
+    assert [entry["words"] for entry in table["models"]["base"]] == ["< 40", "40–59", "≥ 60"]
+    assert [(e["answers"], e["off_topic_end_pct"]) for e in table["models"]["base"]] == [
+        (2, 0.0),
+        (1, 0.0),
+        (3, 33.3),
+    ]
+    assert [(e["answers"], e["off_topic_end_pct"]) for e in table["models"]["iter-1"]] == [
+        (1, 100.0),
+        (0, None),
+        (3, 66.7),
+    ]
+    assert relevance_by_length({"iter-1": answers["iter-1"]}, "base") is None
+    growth = {"prompts": 6, "samples_per_prompt": 1, "interval": "-", "excluded_prompts": [], "extender": {}}
+    markdown = growth_table({**growth, "models": {}, "relevance_by_length": table})
+    assert "| `iter-1` | 100.0% of 1 | – | 66.7% of 3 |" in markdown

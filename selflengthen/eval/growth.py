@@ -11,8 +11,10 @@ Per model: mean and median words with 95% intervals (prompts resampled), the rat
 words to the base's on the same prompts (paired), the share of answers cut at `max_tokens` and
 the share passing the repetition and ending filters; with relevance scoring
 (`selflengthen.relevance`, on the base model), the mean relevance ratio of the answers' first and
-last segments and the share whose last segment is off the prompt. From the run itself: the
-Extender's growth ratio (extended / initial words) of the rows each iteration kept.
+last segments and the share whose last segment is off the prompt, also per answer length (the
+base's answer-length terciles), because a longer answer's last third is farther from its prompt
+and drifts more in any model. From the run itself: the Extender's growth ratio (extended /
+initial words) of the rows each iteration kept.
 """
 
 from __future__ import annotations
@@ -206,6 +208,37 @@ def _relevance_figures(frame: pl.DataFrame, prompt_ids: list[str], samples: int,
     return figures
 
 
+def relevance_by_length(answers: dict[str, pl.DataFrame], base_label: str) -> dict[str, Any] | None:
+    """Per model, the answers whose last segment is off topic within each of three word ranges,
+    the same for every model: the terciles of the base's scored answers (None without a scored
+    base). A model that writes longer moves answers into the longer ranges; the share within a
+    range compares models at the same length."""
+    base = answers.get(base_label)
+    if base is None or "relevance" not in base.columns:
+        return None
+    words = base.filter(pl.col("relevance").is_not_null())["words"]
+    if words.is_empty():
+        return None
+    low, high = (int(words.quantile(q, interpolation="nearest")) for q in (1 / 3, 2 / 3))
+    high = max(high, low + 1)  # the middle range is never empty by construction
+    ranges = [(f"< {low}", None, low), (f"{low}–{high - 1}", low, high), (f"≥ {high}", high, None)]
+    models: dict[str, list[dict[str, Any]]] = {}
+    for label, frame in answers.items():
+        if "relevance" not in frame.columns:
+            continue
+        scored = frame.filter(pl.col("relevance").is_not_null())
+        models[label] = []
+        for name, start, end in ranges:
+            in_range = pl.col("words") >= start if start is not None else pl.lit(True)
+            if end is not None:
+                in_range &= pl.col("words") < end
+            inside = scored.filter(in_range)
+            off = int(inside["off_topic_end"].sum())
+            share = round(100 * off / inside.height, 1) if inside.height else None
+            models[label].append({"words": name, "answers": inside.height, "off_topic_end_pct": share})
+    return {"terciles_of": base_label, "models": models}
+
+
 def summarise(answers: dict[str, pl.DataFrame], setup: GrowthSetup, seed: int) -> dict[str, Any]:
     """The growth figures of every model (see the module's docstring); `answers` holds each
     model's `heldout_answers`."""
@@ -250,5 +283,6 @@ def summarise(answers: dict[str, pl.DataFrame], setup: GrowthSetup, seed: int) -
         "excluded_prompts": [vars(overlap) for overlap in setup.excluded],
         "interval": f"{int(bootstrap.LEVEL * 100)}% bootstrap over prompts ({bootstrap.RESAMPLES} resamples)",
         "models": models,
+        "relevance_by_length": relevance_by_length(answers, setup.base_label),
         "extender": setup.extender,
     }

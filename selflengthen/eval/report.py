@@ -152,6 +152,24 @@ def growth_table(growth: dict[str, Any]) -> str:
                 "–" if off is None else f"{off['value']}% [{off['low']}, {off['high']}]",
             ]
         lines.append("| " + " | ".join(cells) + " |")
+    if by_length := growth.get("relevance_by_length"):
+        ranges = [entry["words"] for entry in next(iter(by_length["models"].values()))]
+        lines += [
+            "",
+            "Last segment off topic by answer length (words; ranges: terciles of "
+            f"`{by_length['terciles_of']}`):",
+            "",
+            "| model | " + " | ".join(ranges) + " |",
+            "|---|" + "---|" * len(ranges),
+        ]
+        for label, entries in by_length["models"].items():
+            cells = [
+                "–"
+                if entry["off_topic_end_pct"] is None
+                else f"{entry['off_topic_end_pct']}% of {entry['answers']}"
+                for entry in entries
+            ]
+            lines.append(f"| `{label}` | " + " | ".join(cells) + " |")
     if growth["extender"]:
         lines += [
             "",
