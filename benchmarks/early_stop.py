@@ -22,7 +22,7 @@ from pathlib import Path
 
 from step_runs import endpoint_flags, generate_and_extend, serving, write_instructions
 
-from selflengthen.builders.step import ResponseWatch
+from selflengthen.builders.checks import ResponseWatch
 from selflengthen.config import load_config
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions

@@ -15,9 +15,9 @@ from typer.core import TyperGroup
 
 from selflengthen import __version__, interrupts
 from selflengthen.builders.extend import ExtendSettings, run_extend
+from selflengthen.builders.folder import finished_stats, step_folder
 from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
-from selflengthen.builders.step import finished_stats, step_folder
 from selflengthen.cli_corpus import filter_command, sample_command
 from selflengthen.cli_engine import with_engine_options
 from selflengthen.cli_steps import (

@@ -18,9 +18,9 @@ import typer
 import yaml
 
 from selflengthen.builders.collect import long_folder, run_collect
+from selflengthen.builders.folder import refuse_other_settings, step_folder
 from selflengthen.builders.length_control import final_folder, run_length_control
 from selflengthen.builders.sft_data import run_build_sft
-from selflengthen.builders.step import refuse_other_settings, step_folder
 from selflengthen.config import (
     CollectSection,
     LengthControlSection,

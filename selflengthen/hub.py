@@ -28,7 +28,7 @@ from huggingface_hub import CommitOperationAdd, HfApi, get_token
 from huggingface_hub.errors import HfHubHTTPError, HFValidationError
 from huggingface_hub.utils import validate_repo_id
 
-from selflengthen.builders.step import copy_file_atomic, write_json_atomic
+from selflengthen.atomic import copy_file_atomic, write_json_atomic
 from selflengthen.errors import SelflengthenError
 from selflengthen.tables import file_sha256, remove_temporaries
 

@@ -23,13 +23,14 @@ from typing import Any
 import polars as pl
 import yaml
 
+from selflengthen.atomic import write_json_atomic, write_text_atomic
 from selflengthen.builders.collect import long_folder, run_collect
 from selflengthen.builders.extend import ExtendSettings, run_extend
+from selflengthen.builders.folder import StepFolder, step_folder
 from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.length_control import final_folder, run_length_control
 from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
 from selflengthen.builders.sft_data import SFT_STEPS, run_build_sft
-from selflengthen.builders.step import StepFolder, step_folder, write_json_atomic, write_text_atomic
 from selflengthen.config import RunConfig, identity_differences, parse_config
 from selflengthen.engine.launch import check_port_free
 from selflengthen.engine.models import ResolvedModel, resolve_model

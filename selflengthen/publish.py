@@ -20,7 +20,7 @@ import polars as pl
 import yaml
 from huggingface_hub import HfApi
 
-from selflengthen.builders.step import write_json_atomic, write_text_atomic
+from selflengthen.atomic import write_json_atomic, write_text_atomic
 from selflengthen.cards.common import base_model_info, model_repo_id
 from selflengthen.cards.dataset import dataset_card
 from selflengthen.cards.histogram import length_histogram

@@ -16,8 +16,8 @@ import polars as pl
 import yaml
 
 from selflengthen.builders.collect import long_folder
+from selflengthen.builders.folder import StepFolder, step_folder
 from selflengthen.builders.length_control import final_folder
-from selflengthen.builders.step import StepFolder, step_folder
 from selflengthen.config import RunConfig, parse_config
 from selflengthen.errors import SelflengthenError
 from selflengthen.text import count_words

@@ -14,9 +14,9 @@ from peft import LoraConfig
 from safetensors.torch import save_file
 
 from selflengthen.builders.collect import long_folder, run_collect
+from selflengthen.builders.folder import finish_step, step_folder, word_summary
 from selflengthen.builders.length_control import run_length_control
 from selflengthen.builders.sft_data import run_build_sft
-from selflengthen.builders.step import finish_step, step_folder, word_summary
 from selflengthen.config import RunConfig, load_config
 from selflengthen.loop import save_config
 from selflengthen.train.roles import ROLES, effective_recipe, trained_role

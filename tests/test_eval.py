@@ -15,7 +15,7 @@ import pytest
 from selflengthen.errors import SelflengthenError
 from selflengthen.eval.prompts import load_prompts, normalise
 from selflengthen.eval.rollouts import parse_judgement
-from selflengthen.eval.scores import (
+from selflengthen.length_scores import (
     constraint_numbers,
     length_following_score,
     longbench_length_score,

@@ -13,7 +13,7 @@ import polars as pl
 import pytest
 
 from selflengthen.engine.models import resolve_model
-from selflengthen.eval.scores import length_following_score
+from selflengthen.length_scores import length_following_score
 from selflengthen.relevance import OFF_TOPIC_RATIO
 from selflengthen.text import count_words
 from tests.run_fixture import make_run

@@ -7,7 +7,7 @@ import pytest
 from datatrove.pipeline.inference.types import InferenceResult
 
 from selflengthen.builders.extend import ExtendSettings, extend_once, stage_two_min_tokens
-from selflengthen.builders.step import Tally
+from selflengthen.builders.tally import Tally
 from selflengthen.engine.options import SamplingOptions
 
 #: 6 paragraphs of 10 words: 60 words.

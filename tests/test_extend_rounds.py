@@ -4,7 +4,7 @@ import asyncio
 from collections.abc import Callable
 
 from selflengthen.builders.extend import ExtendSettings, grow
-from selflengthen.builders.step import Tally
+from selflengthen.builders.tally import Tally
 
 
 def words(n: int) -> str:

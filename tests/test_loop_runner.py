@@ -9,7 +9,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from selflengthen.builders.step import write_json_atomic
+from selflengthen.atomic import write_json_atomic
 from selflengthen.config import load_config
 from selflengthen.engine.options import EngineOptions
 from selflengthen.engine.shared_server import SharedServer

@@ -10,13 +10,13 @@ from hypothesis import strategies as st
 
 from selflengthen.builders.collect import run_collect
 from selflengthen.builders.extend import EXTENDED_SCHEMA
+from selflengthen.builders.folder import finish_step, step_folder
 from selflengthen.builders.generate import INITIAL_SCHEMA
 from selflengthen.builders.length_control import constrained_instruction, constraint_for, final_frame
 from selflengthen.builders.sft_data import drop_lines, run_build_sft
-from selflengthen.builders.step import finish_step, step_folder
 from selflengthen.config import LengthControlSection
 from selflengthen.errors import SelflengthenError
-from selflengthen.eval.scores import length_following_score, target_interval
+from selflengthen.length_scores import length_following_score, target_interval
 from selflengthen.loop import parse_iterations
 from selflengthen.prompts import variants
 from selflengthen.text import count_words

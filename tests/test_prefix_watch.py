@@ -12,8 +12,10 @@ from datatrove.pipeline.inference.types import InferenceResult
 from hypothesis import given
 from hypothesis import strategies as st
 
+from selflengthen.builders.checks import ResponseWatch, response_problem
 from selflengthen.builders.extend import CombinedWatch, StageOneWatch, certainly_kept, combine, split_parts
-from selflengthen.builders.step import ResponseWatch, Tally, chat, response_problem
+from selflengthen.builders.requests import chat
+from selflengthen.builders.tally import Tally
 from selflengthen.engine.options import SamplingOptions
 from selflengthen.engine.streaming import EARLY_STOP
 from selflengthen.filters import CharacterLoopFilter, MetaCommentFilter, RepetitionFilter

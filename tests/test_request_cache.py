@@ -16,8 +16,8 @@ from pathlib import Path
 import polars as pl
 import pytest
 
+from selflengthen.builders.inference import read_rollouts
 from selflengthen.builders.request_cache import damage, set_aside_damaged
-from selflengthen.builders.step import read_rollouts
 from selflengthen.errors import SelflengthenError
 from tests.fake_endpoint import fake_endpoint
 

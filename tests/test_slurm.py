@@ -11,7 +11,7 @@ import dill
 import pytest
 from datatrove.data import Document
 
-from selflengthen.builders.step import shard_documents, slurm_executor
+from selflengthen.builders.inference import shard_documents, slurm_executor
 from selflengthen.config import load_config
 from selflengthen.engine.options import SlurmOptions
 from selflengthen.train.roles import Launch

@@ -14,8 +14,9 @@ from hypothesis import strategies as st
 
 from selflengthen.builders import speculation
 from selflengthen.builders.extend import ExtendSettings, grow
+from selflengthen.builders.requests import chat
 from selflengthen.builders.speculation import MAX_AHEAD, RequestMeter, attempts_in_order
-from selflengthen.builders.step import Tally, chat
+from selflengthen.builders.tally import Tally
 from selflengthen.engine.options import SamplingOptions
 from selflengthen.engine.streaming import LIVE_USAGE
 

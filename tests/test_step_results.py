@@ -12,17 +12,10 @@ import polars as pl
 import pytest
 from datatrove.data import Document
 
-from selflengthen.builders.step import (
-    RESULTS_KEY,
-    GenerationStep,
-    Tally,
-    finish_step,
-    finished_stats,
-    refuse_when_every_request_failed,
-    request_error_kind,
-    step_folder,
-    step_stats,
-)
+from selflengthen.builders.folder import finish_step, finished_stats, step_folder
+from selflengthen.builders.inference import refuse_when_every_request_failed
+from selflengthen.builders.step import GenerationStep, step_stats
+from selflengthen.builders.tally import RESULTS_KEY, Tally, request_error_kind
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError

@@ -17,7 +17,7 @@ import os, sys
 from pathlib import Path
 os.umask(int(sys.argv[2], 8))
 import polars as pl
-from selflengthen.builders.step import copy_file_atomic, write_json_atomic
+from selflengthen.atomic import copy_file_atomic, write_json_atomic
 from selflengthen.tables import write_table
 out = Path(sys.argv[1])
 write_table(pl.DataFrame({"a": [1]}), out / "kept.parquet")

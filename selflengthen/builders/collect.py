@@ -16,7 +16,7 @@ from typing import Any
 
 import polars as pl
 
-from selflengthen.builders.step import StepFolder, finish_step, step_folder, word_summary
+from selflengthen.builders.folder import StepFolder, finish_step, step_folder, word_summary
 
 LONG_SCHEMA = {
     "id": pl.String,

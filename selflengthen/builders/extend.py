@@ -31,26 +31,21 @@ from typing import Any
 import polars as pl
 from datatrove.data import Document
 
-from selflengthen.builders.sample import length_weighted_sample
-from selflengthen.builders.speculation import attempts_in_order
-from selflengthen.builders.step import (
+from selflengthen.builders.checks import (
     CHARACTER_LOOP,
     META_COMMENT,
     REPETITION,
-    RESULTS_KEY,
-    GenerationStep,
     ResponseWatch,
-    StepProgress,
-    Tally,
-    chat,
     rejection,
     response_problem,
-    rollout_tally,
-    run_step,
-    step_folder,
-    stopped_early,
-    word_summary,
 )
+from selflengthen.builders.folder import step_folder, word_summary
+from selflengthen.builders.progress import StepProgress, rollout_tally
+from selflengthen.builders.requests import chat, stopped_early
+from selflengthen.builders.sample import length_weighted_sample
+from selflengthen.builders.speculation import attempts_in_order
+from selflengthen.builders.step import GenerationStep, run_step
+from selflengthen.builders.tally import RESULTS_KEY, Tally
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError, require_at_least_one

@@ -22,20 +22,14 @@ import polars as pl
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import InferenceResult
 
+from selflengthen.builders.checks import ResponseWatch, response_problem
+from selflengthen.builders.folder import step_folder
+from selflengthen.builders.progress import StepProgress, rollout_tally
+from selflengthen.builders.requests import chat
 from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.speculation import attempts_in_order
-from selflengthen.builders.step import (
-    RESULTS_KEY,
-    GenerationStep,
-    ResponseWatch,
-    StepProgress,
-    Tally,
-    chat,
-    response_problem,
-    rollout_tally,
-    run_step,
-    step_folder,
-)
+from selflengthen.builders.step import GenerationStep, run_step
+from selflengthen.builders.tally import RESULTS_KEY, Tally
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import require_at_least_one

@@ -33,10 +33,10 @@ from typing import Any
 
 import polars as pl
 
-from selflengthen.builders.step import StepFolder, finish_step, word_summary
+from selflengthen.builders.folder import StepFolder, finish_step, word_summary
 from selflengthen.config import LengthControlSection
 from selflengthen.engine.options import request_seed
-from selflengthen.eval.scores import length_following_score, target_interval
+from selflengthen.length_scores import length_following_score, target_interval
 from selflengthen.prompts import prompt_language, variants
 
 FINAL_SCHEMA = {

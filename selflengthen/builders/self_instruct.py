@@ -22,16 +22,11 @@ from typing import Any
 import polars as pl
 from datatrove.data import Document
 
-from selflengthen.builders.step import (
-    RESULTS_KEY,
-    GenerationStep,
-    StepProgress,
-    chat,
-    progress_context,
-    rollout_tally,
-    run_step,
-    step_folder,
-)
+from selflengthen.builders.folder import step_folder
+from selflengthen.builders.progress import StepProgress, progress_context, rollout_tally
+from selflengthen.builders.requests import chat
+from selflengthen.builders.step import GenerationStep, run_step
+from selflengthen.builders.tally import RESULTS_KEY
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions, request_seed
 from selflengthen.errors import SelflengthenError, require_at_least_one

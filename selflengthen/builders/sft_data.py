@@ -19,7 +19,7 @@ from typing import Any
 
 import polars as pl
 
-from selflengthen.builders.step import finish_step, step_folder, word_summary
+from selflengthen.builders.folder import finish_step, step_folder, word_summary
 from selflengthen.engine.options import request_seed
 from selflengthen.prompts import template
 from selflengthen.text import count_words

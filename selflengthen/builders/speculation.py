@@ -26,7 +26,7 @@ from collections.abc import AsyncIterator, Awaitable, Callable, Iterator
 from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
-    from selflengthen.builders.step import Tally
+    from selflengthen.builders.tally import Tally
 
 T = TypeVar("T")
 #: Speculate only while fewer requests than this share of the concurrency are in flight.

@@ -18,7 +18,7 @@ import polars as pl
 
 from selflengthen.engine.models import HUB_ID
 from selflengthen.errors import SelflengthenError
-from selflengthen.eval.scores import length_bucket, target_interval
+from selflengthen.length_scores import length_bucket, target_interval
 from selflengthen.prompts import detect_language
 from selflengthen.tables import read_table
 

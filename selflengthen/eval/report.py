@@ -18,7 +18,7 @@ import matplotlib.pyplot as plt
 import numpy as np
 import polars as pl
 
-from selflengthen.builders.step import write_json_atomic, write_text_atomic
+from selflengthen.atomic import write_json_atomic, write_text_atomic
 from selflengthen.eval.rollouts import CRITERIA
 
 _GROUPS = (("type", "type"), ("range", "length range"), ("language", "language"))

@@ -9,7 +9,8 @@ from typing import Any
 
 from datatrove.data import Document
 
-from selflengthen.builders.step import StepProgress, chat, rollout_tally
+from selflengthen.builders.progress import StepProgress, rollout_tally
+from selflengthen.builders.requests import chat
 from selflengthen.engine.options import SamplingOptions
 from selflengthen.prompts import template
 

@@ -19,14 +19,10 @@ from typing import Any
 import polars as pl
 from datatrove.data import Document
 
-from selflengthen.builders.step import (
-    RESULTS_KEY,
-    StepFolder,
-    finish_step,
-    run_inference,
-    sum_tallies,
-    write_text_atomic,
-)
+from selflengthen.atomic import write_text_atomic
+from selflengthen.builders.folder import StepFolder, finish_step
+from selflengthen.builders.inference import run_inference
+from selflengthen.builders.tally import RESULTS_KEY, sum_tallies
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.engine.shared_server import SharedServer
@@ -35,7 +31,7 @@ from selflengthen.eval.growth import GROWTH_ROWS, GrowthSetup, heldout_answers, 
 from selflengthen.eval.prompts import normalise
 from selflengthen.eval.report import write_report
 from selflengthen.eval.rollouts import CRITERIA, answer_rollout, judge_rollout
-from selflengthen.eval.scores import length_following_score, longbench_length_score
+from selflengthen.length_scores import length_following_score, longbench_length_score
 from selflengthen.relevance import score_pairs
 from selflengthen.tables import read_table, require_columns, write_table
 from selflengthen.text import count_words

@@ -25,7 +25,7 @@ from typing import Any
 import polars as pl
 import yaml
 
-from selflengthen.builders.step import StepFolder
+from selflengthen.builders.folder import StepFolder
 from selflengthen.engine.launch import die_with_parent, on_gpu
 from selflengthen.engine.precision import cpu_flags, cpu_kind, training_bf16
 from selflengthen.errors import SelflengthenError
