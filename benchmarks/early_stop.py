@@ -22,7 +22,7 @@ from pathlib import Path
 
 from step_runs import endpoint_flags, generate_and_extend, serving, write_instructions
 
-from selflengthen.builders.checks import ResponseWatch
+from selflengthen.builders.checks import DEFAULT_CHECKS
 from selflengthen.config import load_config
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions
@@ -94,7 +94,7 @@ def watch_seconds_per_chunk(texts: list[str], characters_per_chunk: int = 4) -> 
     chunks = 0
     started = time.perf_counter()
     for text in texts:
-        watch = ResponseWatch()
+        watch = DEFAULT_CHECKS.watch()
         for begin in range(0, len(text), characters_per_chunk):
             watch.feed(text[begin : begin + characters_per_chunk])
             chunks += 1

@@ -3,10 +3,8 @@
 from __future__ import annotations
 
 import sys
-from collections.abc import Callable
-from enum import StrEnum
 from pathlib import Path
-from typing import Annotated, Any
+from typing import Annotated
 
 import polars as pl
 import typer
@@ -14,29 +12,20 @@ from loguru import logger
 from typer.core import TyperGroup
 
 from selflengthen import __version__, interrupts
-from selflengthen.builders.extend import ExtendSettings, run_extend
-from selflengthen.builders.folder import finished_stats, step_folder
-from selflengthen.builders.generate import GenerateSettings, run_generate
-from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
 from selflengthen.cli_corpus import filter_command, sample_command
 from selflengthen.cli_engine import with_engine_options
+from selflengthen.cli_generation import extend_command, generate_command, self_instruct_command
 from selflengthen.cli_steps import (
-    ITERATION_OPTION,
-    RUN_DIR_OPTION,
     build_sft_command,
     collect_command,
     length_control_command,
-    lock_run_dir,
-    previous_step,
     train_command,
 )
 from selflengthen.config import load_config
 from selflengthen.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
-from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError, describe_os_error
 from selflengthen.loop import STEPS, parse_iterations, run_loop, summary_table
-from selflengthen.tables import read_instructions
 
 
 class _Commands(TyperGroup):
@@ -68,12 +57,6 @@ app = typer.Typer(
 _state = {"debug": False, "verbose": False}
 
 
-class SeedLanguage(StrEnum):
-    all = "all"
-    en = "en"
-    zh = "zh"
-
-
 def _version(value: bool) -> None:
     if value:
         typer.echo(f"selflengthen {__version__}")
@@ -101,148 +84,9 @@ app.command("filter")(filter_command)
 app.command("sample")(sample_command)
 
 
-def _report(stats: dict, folder: Path) -> None:
-    words = stats["words"]
-    shape = (
-        f"words mean {words['mean']} (min {words['min']}, median {words['median']}, max {words['max']})"
-        if words["mean"] is not None
-        else "no rows"
-    )
-    typer.echo(
-        f"{stats['step']}: {stats['rows_in']} in -> {stats['rows_out']} out; {shape}; "
-        f"{stats['requests']} requests, {stats['completion_tokens']} output tokens; "
-        f"{stats['seconds']} s -> {folder}"
-    )
-
-
-def _serve_step(
-    command: str,
-    run_dir: Path,
-    iteration: int,
-    folder_name: str,
-    served: tuple[EngineOptions, ResolvedModel, SamplingOptions],
-    step: Callable[[EngineOptions], dict[str, Any]],
-) -> dict[str, Any]:
-    """A generation step command's work, served the loop's way: a server started for it (only
-    if the step has not finished), restarted and the step resumed if it dies; or `--endpoint`.
-    Reports the step's stats and returns them."""
-    engine, model, sampling = served
-    lock_run_dir(run_dir, command)
-    folder = step_folder(run_dir, iteration, folder_name)
-    stats = finished_stats(folder, sampling)
-    if stats is None:
-        with SharedServer(engine, run_dir / "server_logs", sampling.seed) as server:
-            stats = server.serve(model, step)
-    _report(stats, folder.root)
-    return stats
-
-
-@app.command("self-instruct")
-@with_engine_options
-def self_instruct_command(
-    run_dir: Annotated[Path, RUN_DIR_OPTION],
-    iteration: Annotated[int, ITERATION_OPTION] = 1,
-    seeds: Annotated[
-        Path | None,
-        typer.Option(
-            help="Seed instructions (.jsonl/.csv/.parquet, column `instruction`) "
-            "(default: the shipped English and Chinese seeds)."
-        ),
-    ] = None,
-    seed_language: Annotated[
-        SeedLanguage,
-        typer.Option(
-            help="Use only the seeds in this language (e.g. en for a model that writes English only)."
-        ),
-    ] = SeedLanguage.all,
-    count: Annotated[int, typer.Option(help="How many new instructions to grow.")] = 5000,
-    max_retries: Annotated[int, typer.Option(help="Attempts per instruction slot.")] = 10,
-    *,
-    engine: EngineOptions,
-    model: ResolvedModel,
-    sampling: SamplingOptions,
-) -> None:
-    """Grow new long-writing instructions from seed instructions (step 1)."""
-    settings = SelfInstructSettings(count=count, max_retries=max_retries, sampling=sampling)
-    seed_frame = seed_instructions(seeds, seed_language.value, "--seed-language")
-    stats = _serve_step(
-        "self-instruct", run_dir, iteration, "instructions", (engine, model, sampling),
-        lambda engine: run_self_instruct(run_dir, iteration, seed_frame, engine, model, settings),
-    )  # fmt: skip
-    if stats["rows_out"] < stats["requested"]:
-        typer.echo(f"reached {stats['rows_out']} of {stats['requested']} instructions (see stats.json)")
-
-
-@app.command("generate")
-@with_engine_options
-def generate_command(
-    run_dir: Annotated[Path, RUN_DIR_OPTION],
-    iteration: Annotated[int, ITERATION_OPTION] = 1,
-    instructions: Annotated[
-        Path | None, typer.Option(help="Instructions file (default: this iteration's self-instruct output).")
-    ] = None,
-    samples_per_instruction: Annotated[int, typer.Option(help="Answers per instruction.")] = 2,
-    max_retries: Annotated[int, typer.Option(help="Attempts per answer until it finishes and passes.")] = 20,
-    *,
-    engine: EngineOptions,
-    model: ResolvedModel,
-    sampling: SamplingOptions,
-) -> None:
-    """Answer each instruction with the Generator, filter and sample (step 2)."""
-    settings = GenerateSettings(samples_per_instruction, max_retries, sampling)
-    frame = (
-        read_instructions(instructions, "instruction")
-        if instructions
-        else previous_step(
-            run_dir, iteration, "instructions", "run self-instruct first, or pass --instructions"
-        )
-    )
-    _serve_step(
-        "generate", run_dir, iteration, "initial", (engine, model, sampling),
-        lambda engine: run_generate(run_dir, iteration, frame, engine, model, settings),
-    )  # fmt: skip
-
-
-@app.command("extend")
-@with_engine_options
-def extend_command(
-    run_dir: Annotated[Path, RUN_DIR_OPTION],
-    iteration: Annotated[int, ITERATION_OPTION] = 1,
-    rounds: Annotated[int, typer.Option(help="Two-stage extension rounds per response.")] = 3,
-    max_retries: Annotated[int, typer.Option(help="Attempts per round.")] = 3,
-    min_ratio: Annotated[
-        float, typer.Option(help="Keep an extension only above this × the initial words.")
-    ] = 1.2,
-    force_growth: Annotated[
-        bool,
-        typer.Option(
-            help="Stage 2 may not end (vLLM min_tokens) before it could make the text "
-            "--min-ratio × longer: one token per missing word."
-        ),
-    ] = False,
-    on_topic: Annotated[
-        float | None,
-        typer.Option(
-            help="Drop a kept extension when a segment after its first has a relevance ratio "
-            "(PPL with the instruction / PPL without, scored on the step's server) above this; "
-            "0.96 is the threshold validated on the embedded model. Off by default.",
-            show_default=False,
-        ),
-    ] = None,
-    *,
-    engine: EngineOptions,
-    model: ResolvedModel,
-    sampling: SamplingOptions,
-) -> None:
-    """Lengthen each initial response with the Extender, filter and sample (step 3)."""
-    settings = ExtendSettings(rounds, max_retries, min_ratio, sampling, force_growth, on_topic)
-    initial = previous_step(run_dir, iteration, "initial", "run generate first")
-    _serve_step(
-        "extend", run_dir, iteration, "extended", (engine, model, sampling),
-        lambda engine: run_extend(run_dir, iteration, initial, engine, model, settings),
-    )  # fmt: skip
-
-
+app.command("self-instruct")(self_instruct_command)
+app.command("generate")(generate_command)
+app.command("extend")(extend_command)
 app.command("build-sft")(build_sft_command)
 app.command("train")(train_command)
 app.command("collect")(collect_command)

@@ -26,6 +26,7 @@ from selflengthen.engine.options import (
 )
 from selflengthen.engine.precision import Dtype
 from selflengthen.errors import SelflengthenError
+from selflengthen.filters.registry import DEFAULT_FILTERS, FilterConfigError, FilterEntry, parse_entries
 from selflengthen.strict_yaml import DuplicateKeyError, load_yaml
 
 Positive = Annotated[int, Field(ge=1)]
@@ -266,6 +267,14 @@ class RunConfig(_Section):
             "attempt only when it is needed."
         ),
     ] = True
+    filters: Annotated[
+        list[Any],
+        Field(
+            description="The filters every generated answer must pass, in order (generate and the "
+            "Extender's texts): our names (ending, repetition, character-loop, meta-comment, length) or "
+            "any datatrove BaseFilter as module:Class, each alone or as `name: {arguments}`."
+        ),
+    ] = Field(default_factory=lambda: list(DEFAULT_FILTERS))
     engine: EngineSection = EngineSection()
     sampling: SamplingSection = SamplingSection()
     self_instruct: SelfInstructSection = SelfInstructSection()
@@ -276,9 +285,21 @@ class RunConfig(_Section):
     collect: CollectSection = CollectSection()
     length_control: LengthControlSection = LengthControlSection()
 
+    @field_validator("filters")
+    @classmethod
+    def _filters_build(cls, value: list[Any]) -> list[Any]:
+        try:
+            parse_entries(value)
+        except FilterConfigError as error:
+            raise ValueError(str(error)) from None
+        return value
+
     @property
     def folder(self) -> Path:
         return self.run_dir if self.run_dir is not None else Path("runs") / self.name
+
+    def filter_entries(self) -> list[FilterEntry]:
+        return parse_entries(self.filters)
 
     def sampling_options(self, max_tokens: int | None = None) -> SamplingOptions:
         fields = self.sampling.model_dump()

@@ -24,6 +24,7 @@ import polars as pl
 import yaml
 
 from selflengthen.atomic import write_json_atomic, write_text_atomic
+from selflengthen.builders.checks import ResponseChecks
 from selflengthen.builders.collect import long_folder, run_collect
 from selflengthen.builders.extend import ExtendSettings, run_extend
 from selflengthen.builders.folder import StepFolder, step_folder
@@ -261,7 +262,10 @@ def _generate(runner: Runner, iteration: int, instructions: pl.DataFrame) -> Non
     generator = role_model(config, runner.run_dir, iteration, "generator")
     section = config.generate
     settings = GenerateSettings(
-        section.samples_per_instruction, section.max_retries, config.sampling_options(section.max_tokens)
+        section.samples_per_instruction,
+        section.max_retries,
+        config.sampling_options(section.max_tokens),
+        ResponseChecks(config.filter_entries()),
     )
     runner.server.serve(
         generator,
@@ -280,6 +284,7 @@ def _extend(runner: Runner, iteration: int, initial: pl.DataFrame) -> None:
         config.sampling_options(section.max_tokens),
         section.force_growth,
         section.on_topic,
+        ResponseChecks(config.filter_entries()),
     )
     runner.server.serve(
         extender, lambda engine: run_extend(runner.run_dir, iteration, initial, engine, extender, settings)

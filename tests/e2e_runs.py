@@ -236,6 +236,7 @@ class ReferenceRun:
     second: subprocess.CompletedProcess[str]
     logs: tuple[str, ...]
     relevance: dict[str, list[list[float]]]
+    third_party: Path
 
 
 def make_reference_run(run_dir: Path) -> ReferenceRun:
@@ -257,6 +258,7 @@ def make_reference_run(run_dir: Path) -> ReferenceRun:
     ]
     second = subprocess.run(run_command(run_dir), capture_output=True, text=True, timeout=300)
     relevance = score_relevance_pairs(command)
+    third_party = generate_with_a_third_party_filter(command, run_dir.parent / "third-party")
     logs = [kill_when_checkpointed(run, run_dir, "iter_1/initial")]
 
     run = Run(run_dir, "2-server-extend")
@@ -275,7 +277,7 @@ def make_reference_run(run_dir: Path) -> ReferenceRun:
 
     output = Run(run_dir, "4-complete").finish()
     logs.append(output)
-    return ReferenceRun(run_dir, output, command, listening, second, tuple(logs), relevance)
+    return ReferenceRun(run_dir, output, command, listening, second, tuple(logs), relevance, third_party)
 
 
 def score_relevance_pairs(server_command: list[str]) -> dict[str, list[list[float]]]:
@@ -304,6 +306,30 @@ def score_relevance_pairs(server_command: list[str]) -> dict[str, list[list[floa
     }
     ratios = iter(score_pairs(url, model, [pair for case in cases.values() for pair in case]))
     return {name: [next(ratios) for _ in case] for name, case in cases.items()}
+
+
+#: datatrove's own filter, first in a `generate --filters` list; with this threshold it drops
+#: every finished answer (`line_punct_ratio`: the share of lines ending in punctuation is <= 1.01).
+THIRD_PARTY_FILTER = {"datatrove.pipeline.filters:FineWebQualityFilter": {"line_punct_thr": 1.01}}
+
+
+def generate_with_a_third_party_filter(server_command: list[str], run_dir: Path) -> Path:
+    """A small `generate` on the run's server (`--endpoint`) whose `--filters` list puts a
+    datatrove filter before ours: 3 short answers, up to 2 attempts each."""
+    url = f"http://127.0.0.1:{server_command[server_command.index('--port') + 1]}/v1"
+    model = httpx.get(f"{url}/models", timeout=30).json()["data"][0]["id"]
+    run_dir.mkdir(parents=True)
+    instructions = run_dir / "instructions.jsonl"
+    topics = ("green tea", "a harbour at dawn", "the first bicycle")
+    instructions.write_text(
+        "".join(json.dumps({"instruction": f"Write two sentences about {topic}."}) + "\n" for topic in topics)
+    )
+    filters = json.dumps([THIRD_PARTY_FILTER, "ending", "repetition"])
+    step_command(
+        "generate", "--run-dir", run_dir, "--instructions", instructions, "--endpoint", url, "--model", model,
+        "--samples-per-instruction", "1", "--max-retries", "2", "--max-tokens", "300", "--filters", filters,
+    )  # fmt: skip
+    return run_dir
 
 
 def kill_leftover_runs() -> None:

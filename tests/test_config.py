@@ -5,6 +5,7 @@ import yaml
 
 from selflengthen.config import RunConfig, identity_differences, load_config, parse_config
 from selflengthen.errors import SelflengthenError
+from selflengthen.filters.registry import DEFAULT_FILTERS
 from selflengthen.train.sft import check_recipe
 
 RECIPES = Path(__file__).resolve().parent.parent / "recipes"
@@ -56,6 +57,25 @@ def test_shipped_recipes_cover_three_models() -> None:
         ({"length_control": {"min_words": 9000}}, "length_control: Value error, min_words (9000) is above"),
         ({"length_control": {"weights": {"roughly": 1.0}}}, "length_control.weights.roughly.[key]"),
         ({"train": {"recipe": "missing.yaml"}}, "train.recipe: no such file"),
+        (
+            {"filters": ["ending", "nope"]},
+            "filters: Value error, entry 2 (nope): unknown filter (ours: ending,",
+        ),
+        (
+            {"filters": [{"repetition": {"ngram": 0}}]},
+            "entry 1 (repetition): ngram must be a positive integer",
+        ),
+        ({"filters": [{"repetition": {"bogus": 1}}]}, "unexpected keyword argument 'bogus'"),
+        ({"filters": [{"repetition": 8}]}, "entry 1 (repetition): its arguments must be a mapping"),
+        ({"filters": [{"ending": None, "repetition": None}]}, "entry 1: expected a name or a mapping of one"),
+        ({"filters": ["os.path:join"]}, "entry 1 (os.path:join): not a datatrove BaseFilter"),
+        ({"filters": ["no_such_module_x:Filter"]}, "cannot import no_such_module_x"),
+        (
+            {"filters": ["datatrove.pipeline.filters:NoSuchFilter"]},
+            "datatrove.pipeline.filters has no NoSuchFilter",
+        ),
+        ({"filters": []}, "filters: Value error, expected a non-empty list of filters"),
+        ({"filters": "ending"}, "filters: Input should be a valid list"),
     ],
 )
 def test_bad_values_name_the_key_and_the_file(tmp_path: Path, data: dict, expected: str) -> None:
@@ -193,3 +213,20 @@ def test_merge_keys_may_still_override_what_they_merge(tmp_path: Path) -> None:
     )
     loaded = load_config(config)
     assert (loaded.generate.max_retries, loaded.extend.max_retries) == (2, 4)
+
+
+def test_filters_are_ours_by_name_or_any_datatrove_filter_by_import_path(tmp_path: Path) -> None:
+    fineweb = "datatrove.pipeline.filters:FineWebQualityFilter"
+    data = {
+        "filters": ["ending", {"repetition": {"ngram": 8}}, {fineweb: {"line_punct_thr": 0.05}}, "length"]
+    }
+    config = load_config(write_config(tmp_path, data))
+    entries = config.filter_entries()
+    assert [entry.name for entry in entries] == ["ending", "repetition", fineweb, "length"]
+    built = [entry.build() for entry in entries]
+    assert built[1].ngram == 8 and built[2].line_punct_thr == 0.05
+    assert type(built[2]).__module__.startswith("datatrove.") and type(built[3]).__name__ == "LengthFilter"
+    assert parse_config(yaml.safe_load(config.to_yaml()), "again").filters == config.filters
+    default = load_config(write_config(tmp_path, {}))
+    assert default.filters == list(DEFAULT_FILTERS)
+    assert identity_differences(default, config) == ["filters"]  # other filters make other rows

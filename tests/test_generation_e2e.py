@@ -21,7 +21,16 @@ from selflengthen.builders.extend import EXTENDED_SCHEMA
 from selflengthen.builders.generate import INITIAL_SCHEMA
 from selflengthen.builders.self_instruct import INSTRUCTION_SCHEMA
 from selflengthen.filters import EndingFilter, MetaCommentFilter, RepetitionFilter, apply_filters
-from tests.e2e_runs import CONFIG, ON_TOPIC_NEVER_DROPS, SAMPLING, STEPS, ReferenceRun, step_command
+from selflengthen.filters.registry import DEFAULT_FILTERS
+from tests.e2e_runs import (
+    CONFIG,
+    ON_TOPIC_NEVER_DROPS,
+    SAMPLING,
+    STEPS,
+    THIRD_PARTY_FILTER,
+    ReferenceRun,
+    step_command,
+)
 
 pytestmark = pytest.mark.e2e
 
@@ -121,6 +130,35 @@ def test_extend_scored_every_grown_row_for_relevance_on_its_server(steps_run: Pa
     assert on_topic["scored"] == stats["rows_grown"] >= 1 and on_topic["off_topic"] == 0
     assert stats["failed_rows"]["off_topic"] == 0
     assert 0 < on_topic["last_segment_ratio"]["median"] < 1, on_topic
+
+
+def test_the_steps_name_the_filters_they_applied(steps_run: Path, reference_run: ReferenceRun) -> None:
+    for run in (steps_run, reference_run.run_dir):
+        for name in ("initial", "extended"):
+            assert step(run, name)[1]["filters"] == [{"filter": check} for check in DEFAULT_FILTERS]
+
+
+def test_a_datatrove_filter_in_the_filters_list_judges_every_finished_answer(
+    reference_run: ReferenceRun,
+) -> None:
+    """`generate --filters` with datatrove's FineWebQualityFilter first (set to drop every
+    finished answer), then ours, on the reference run's server: the datatrove filter rejects
+    each finished answer before `ending` sees it, and, offering no watch, never stops a request
+    early (only our repetition watch may)."""
+    _, stats = step(reference_run.third_party, "initial")
+    ((fineweb, arguments),) = THIRD_PARTY_FILTER.items()
+    assert stats["filters"] == [
+        {"filter": fineweb, **arguments},
+        {"filter": "ending"},
+        {"filter": "repetition"},
+    ]
+    rejected = stats["rejected_attempts"]
+    assert rejected.get("🍷 FineWeb Quality: line_punct_ratio", 0) >= 1, rejected
+    assert not any(reason.startswith("🔚 Ending") for reason in rejected), rejected
+    assert all(reason.startswith("🔁 Repetition") for reason in stats["stopped_early"]), stats[
+        "stopped_early"
+    ]
+    assert stats["rows_out"] == 0 and stats["requests"] >= 3
 
 
 def test_finished_steps_do_no_new_requests(steps_run: Path) -> None:

@@ -12,14 +12,17 @@ from datatrove.pipeline.inference.types import InferenceResult
 from hypothesis import given
 from hypothesis import strategies as st
 
-from selflengthen.builders.checks import ResponseWatch, response_problem
-from selflengthen.builders.extend import CombinedWatch, StageOneWatch, certainly_kept, combine, split_parts
+from selflengthen.builders.checks import DEFAULT_CHECKS as CHECKS
+from selflengthen.builders.checks import ResponseChecks
+from selflengthen.builders.extend import combine, split_parts
+from selflengthen.builders.extend_watch import CombinedWatch, StageOneWatch, certainly_kept
 from selflengthen.builders.requests import chat
 from selflengthen.builders.tally import Tally
 from selflengthen.engine.options import SamplingOptions
 from selflengthen.engine.streaming import EARLY_STOP
-from selflengthen.filters import CharacterLoopFilter, MetaCommentFilter, RepetitionFilter
-from selflengthen.filters.prefix import HeadMetaWatch, LoopWatch, PrefixWatch, RepeatWatch
+from selflengthen.filters import CharacterLoopFilter, EndingFilter, MetaCommentFilter, RepetitionFilter
+from selflengthen.filters.prefix import HeadMetaWatch, LoopWatch, PrefixWatch, RepeatWatch, watch_of
+from selflengthen.filters.registry import parse_entries
 from selflengthen.text import is_cjk, is_content, tokens
 from tests.strategies import loop_texts, repetitive_texts, small_vocabulary, texts
 
@@ -132,7 +135,7 @@ def test_loop_watch_stops_an_endless_token_loop_within_its_limit() -> None:
 
 
 def test_stage_one_watch_stops_once_a_loop_is_in_the_kept_part() -> None:
-    watch = StageOneWatch()
+    watch = StageOneWatch(CHECKS)
     assert watch.feed("Tea\n\n" + "💐" * 100) is None  # the loop's paragraph may not be kept
     assert watch.feed("\n\nMore.\n\nAnd more.\n\n") == "🌀 Character loop: character_loop"
 
@@ -186,13 +189,13 @@ def test_head_meta_watch_stops_exactly_when_a_head_line_is_complete(
 @given(st.one_of(texts, repetitive_texts(), loop_texts), st.lists(st.integers(0, 10_000), max_size=10))
 def test_response_watch_stops_only_responses_the_filters_reject(text: str, cuts: list[int]) -> None:
     reason = None
-    watch = ResponseWatch()
+    watch = CHECKS.watch()
     for chunk in _chunks(text, cuts):
         if (reason := watch.feed(chunk)) is not None:
             break
     if reason is not None:
         assert _rejected(_FILTER_OF[reason], text)
-        assert ResponseWatch().feed(text) == reason  # a cached answer gets the same reason back
+        assert CHECKS.watch().feed(text) == reason  # a cached answer gets the same reason back
 
 
 @given(
@@ -205,7 +208,7 @@ def test_combined_watch_judges_the_text_stage_two_is_judged_on(
     start: str, continuation: str, separator: str, cuts: list[int]
 ) -> None:
     start = start.strip()
-    combined = CombinedWatch(start, separator)
+    combined = CombinedWatch(CHECKS, start, separator)
     whole = combine(start, separator, continuation)
     reason = combined.reason_before
     for chunk in _chunks(continuation, cuts):
@@ -213,7 +216,7 @@ def test_combined_watch_judges_the_text_stage_two_is_judged_on(
     if reason is not None:
         assert _rejected(_FILTER_OF[reason], whole)
     # Fed at once (a cached answer), the same text gives the same verdict.
-    again = CombinedWatch(start, separator)
+    again = CombinedWatch(CHECKS, start, separator)
     assert (again.reason_before or again.feed(continuation)) == reason
 
 
@@ -230,10 +233,15 @@ def test_a_cached_early_stopped_answer_gets_its_reason_and_counts_again() -> Non
     tally = Tally()
     result = asyncio.run(
         chat(
-            cached, [{"role": "user", "content": "q"}], SamplingOptions(), ("t",), tally, watch=ResponseWatch
+            cached,
+            [{"role": "user", "content": "q"}],
+            SamplingOptions(),
+            ("t",),
+            tally,
+            watch=CHECKS.watch,
         )
     )
-    assert result is not None and response_problem(result) == "🔁 Repetition: repeated_ngram"
+    assert result is not None and CHECKS.problem(result) == "🔁 Repetition: repeated_ngram"
     assert sent[0]["stream"] is True
     assert tally.as_dict()["stopped_early"] == {
         "🔁 Repetition: repeated_ngram": {"requests": 1, "completion_tokens": 27}
@@ -277,25 +285,52 @@ def test_stage_one_watch_stops_only_when_stage_two_cannot_pass(
     head: str, tail: str, cuts: list[int], continuation: str
 ) -> None:
     text = head + "\n" + tail
-    stop = _first_stop(StageOneWatch(), _chunks(text, cuts))
+    stop = _first_stop(StageOneWatch(CHECKS), _chunks(text, cuts))
     if stop is not None:
         start = _start_of(text)
         for separator in ("\n", "\n\n"):
             combined = combine(start, separator, continuation)
             assert any(_rejected(check, combined) for check in _FILTER_OF.values())
-        assert StageOneWatch().feed(text) is not None  # a cached answer gets the same verdict
+        assert StageOneWatch(CHECKS).feed(text) is not None  # a cached answer gets the same verdict
 
 
 def test_stage_one_watch_stops_a_looping_list_once_the_loop_is_kept() -> None:
     item = "- The history of tea in China goes back thousands of years and more.\n"
-    watch = StageOneWatch()
+    watch = StageOneWatch(CHECKS)
     assert watch.feed("Tea\n\n" + item) is None
     assert watch.feed(item) is None  # the repeat is there, but of 3 lines only 2 are sure to be kept
     assert watch.feed(item) is not None  # of 4 lines, the first 3 are: they hold the repeat
 
 
 def test_stage_one_watch_stops_at_a_meta_comment_in_its_first_line() -> None:
-    watch = StageOneWatch()
+    watch = StageOneWatch(CHECKS)
     assert watch.feed("Here is the expanded version of the") is None  # the line may still go on
     assert watch.feed(" text:\n") == "🗨 Meta-comment: meta_comment"
-    assert StageOneWatch().feed("Tea\nwas first drunk in China.\n\nIts revised history\n") is None
+    assert StageOneWatch(CHECKS).feed("Tea\nwas first drunk in China.\n\nIts revised history\n") is None
+
+
+@given(repetitive_texts(), st.integers(0, 10_000), st.sampled_from([None, 3, 10]))
+def test_at_word_end_is_what_whitespace_would_make_certain(text: str, cut: int, ngram: int | None) -> None:
+    prefix = text[: cut % (len(text) + 1)]
+    watch, spaced = RepeatWatch(ngram), RepeatWatch(ngram)
+    watch.feed(prefix)
+    assert watch.at_word_end() == spaced.feed(prefix + " ")
+    rest = text[len(prefix) :]  # the watch itself is unchanged by the question
+    assert watch.feed(rest) == RepeatWatch(ngram).feed(text)
+
+
+def test_only_filters_that_offer_a_watch_stop_a_request() -> None:
+    """A filter with `prefix_watch` (ours: repetition, character loop, meta-comment) stops a
+    request; one without (datatrove's FineWebQualityFilter, ending) judges the finished text."""
+    looped = "one two three four five six seven eight nine ten eleven twelve thirteen " * 2
+    fineweb = "datatrove.pipeline.filters:FineWebQualityFilter"
+    assert watch_of(RepetitionFilter()) is not None and watch_of(EndingFilter()) is None
+    with_repetition = ResponseChecks(parse_entries(["ending", fineweb, "repetition"]))
+    assert with_repetition.watch().feed(looped) == "🔁 Repetition: repeated_ngram"
+    without = ResponseChecks(parse_entries(["ending", {fineweb: {"line_punct_thr": 0.5}}]))
+    watch = without.watch()
+    assert all(watch.feed(chunk) is None for chunk in [looped] * 20 + ["z" * 500])
+    finished = InferenceResult(text="A line\nwithout a mark\nat all.", finish_reason="stop", usage={})
+    assert without.problem(finished) == "🍷 FineWeb Quality: line_punct_ratio"
+    assert [entry["filter"] for entry in without.describe()] == ["ending", fineweb]
+    assert without.describe()[1]["line_punct_thr"] == 0.5

@@ -161,6 +161,8 @@ def test_the_dataset_card_parses_validates_and_states_what_stats_json_says(
             assert f"| {k} | extend | row dropped | {reason} | {count} |" in text
     assert 'load_dataset("org/fixture", "extended", split="train", revision="iter-2")' in text
     assert "The previous version of this dataset is `iter-1`." in text
+    named = ", ".join(f"`{name}`" for name in run.config.filters)
+    assert f"- Filters every generated answer passes, in order: {named}\n" in text
     for config in CONFIGS:
         png = dataset_root(exported) / "plots" / f"words-{config}.png"
         assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"

@@ -129,6 +129,8 @@ def test_bad_flags_and_missing_steps_are_one_line(tmp_path: Path) -> None:
             ["train", "--recipe", RECIPE, "--iteration", "2"],
             "iter_2/gen_sft/data: no SFT data for the generator",
         ),
+        (["extend", "--filters", "[ending, nope]"], "--filters: entry 2 (nope): unknown filter"),
+        (["generate", "--filters", "[ending"], "--filters: not valid YAML"),
     ):
         line = one_line_error(selflengthen(*command, "--run-dir", run_dir))
         assert message in line, (command, line)

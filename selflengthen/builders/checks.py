@@ -1,38 +1,33 @@
-"""The checks every generated answer must pass (`response_problem`) and their prefix watch
-(`ResponseWatch`), which stops a request once its rejection is certain."""
+"""The checks every generated answer must pass: the configured filters (`filters:`, by default
+ending, repetition, character loop and meta-comment, in that order), the finish reason, and a
+prefix watch that stops a request once one of them is certain to reject it."""
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+from typing import Any
+
 from datatrove.data import Document
-from datatrove.pipeline.filters.base_filter import BaseFilter
+from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.pipeline.inference.types import InferenceResult
 
 from selflengthen.builders.requests import stopped_early
-from selflengthen.filters import CharacterLoopFilter, EndingFilter, MetaCommentFilter, RepetitionFilter
-from selflengthen.filters.prefix import HeadMetaWatch, LoopWatch, RepeatWatch
-
-#: The filters every answer must pass (`response_problem`), with their settings.
-ENDING, REPETITION, META_COMMENT = EndingFilter(), RepetitionFilter(batch_size=1), MetaCommentFilter()
-CHARACTER_LOOP = CharacterLoopFilter()
-_RESPONSE_FILTERS = (ENDING, REPETITION, CHARACTER_LOOP, META_COMMENT)
+from selflengthen.filters.prefix import PrefixWatch, at_word_end, watch_of
+from selflengthen.filters.registry import FilterEntry, default_entries
 
 
 def rejection(check: BaseFilter, kind: str) -> str:
-    """How `response_problem` words a rejection by `check` (e.g. `🔁 Repetition: repeated_ngram`)."""
-    return f"{check.name}: {kind}"
+    """How a rejection by `check` is counted (e.g. `🔁 Repetition: repeated_ngram`)."""
+    return f"{getattr(check, 'name', type(check).__name__)}: {kind}"
 
 
 class ResponseWatch:
-    """The prefix checks of `response_problem`'s filters (a `PrefixWatch`): a repeated n-gram,
-    a character loop and a meta-comment in the first lines; reasons as `response_problem` words
-    them. The ending filter and the finish reason can only be judged at the end."""
+    """The watches of the filters that offer one (a `PrefixWatch`), in the filters' order;
+    reasons worded as `ResponseChecks.problem` words them. A filter without a watch, and the
+    finish reason, are judged at the end only."""
 
-    def __init__(self) -> None:
-        self._watches = (
-            (REPETITION, RepeatWatch.for_filter(REPETITION)),
-            (CHARACTER_LOOP, LoopWatch.for_filter(CHARACTER_LOOP)),
-            (META_COMMENT, HeadMetaWatch.for_filter(META_COMMENT)),
-        )
+    def __init__(self, filters: Sequence[BaseFilter]) -> None:
+        self._watches = [(check, watch) for check in filters if (watch := watch_of(check)) is not None]
 
     def feed(self, chunk: str) -> str | None:
         for check, watch in self._watches:
@@ -40,18 +35,44 @@ class ResponseWatch:
                 return rejection(check, kind)
         return None
 
+    def at_word_end(self) -> str | None:
+        """The first rejection that is certain once whitespace follows the text so far."""
+        for check, watch in self._watches:
+            if (kind := at_word_end(watch)) is not None:
+                return rejection(check, kind)
+        return None
 
-def response_problem(result: InferenceResult) -> str | None:
-    """Why a response is not a finished, clean response (None if it is): stopped early because
-    a filter's rejection was certain, cut off by max_tokens, or rejected by the ending,
-    repetition, character-loop or meta-comment filter."""
-    if (reason := stopped_early(result)) is not None:
-        return reason
-    if result.finish_reason != "stop":
-        return f"finish_reason: {result.finish_reason}"
-    document = Document(text=result.text, id="")
-    for check in _RESPONSE_FILTERS:
-        verdict = check.filter(document)
-        if verdict is not True:
-            return rejection(check, verdict[1])
-    return None
+
+class ResponseChecks:
+    """The filters of `entries`, built once, applied in order to every finished answer."""
+
+    def __init__(self, entries: Sequence[FilterEntry]) -> None:
+        self.entries = tuple(entries)
+        self.filters = tuple(entry.build() for entry in self.entries)
+
+    def watch(self) -> PrefixWatch:
+        """A fresh watch over the filters that offer one (for `chat`'s early stop)."""
+        return ResponseWatch(self.filters)
+
+    def problem(self, result: InferenceResult) -> str | None:
+        """Why a response is not a finished, clean response (None if it is): stopped early
+        because a filter's rejection was certain, cut off by max_tokens, or rejected by a filter
+        (the first in order)."""
+        if (reason := stopped_early(result)) is not None:
+            return reason
+        if result.finish_reason != "stop":
+            return f"finish_reason: {result.finish_reason}"
+        document = Document(text=result.text, id="")
+        for check in self.filters:
+            keep, kind = get_filter_result(check.filter(document))
+            if not keep:
+                return rejection(check, kind or "dropped")
+        return None
+
+    def describe(self) -> list[dict[str, Any]]:
+        """The filters with their arguments, as stats.json and the dataset card list them."""
+        return [entry.describe() for entry in self.entries]
+
+
+#: The checks of a step whose config says nothing else.
+DEFAULT_CHECKS = ResponseChecks(default_entries())

@@ -19,7 +19,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import re
 import statistics
 from collections.abc import Awaitable, Callable
 from contextlib import aclosing
@@ -31,14 +30,8 @@ from typing import Any
 import polars as pl
 from datatrove.data import Document
 
-from selflengthen.builders.checks import (
-    CHARACTER_LOOP,
-    META_COMMENT,
-    REPETITION,
-    ResponseWatch,
-    rejection,
-    response_problem,
-)
+from selflengthen.builders.checks import DEFAULT_CHECKS, ResponseChecks
+from selflengthen.builders.extend_watch import BLANK_LINES, CombinedWatch, StageOneWatch
 from selflengthen.builders.folder import step_folder, word_summary
 from selflengthen.builders.progress import StepProgress, rollout_tally
 from selflengthen.builders.requests import chat, stopped_early
@@ -52,12 +45,10 @@ from selflengthen.errors import SelflengthenError, require_at_least_one
 from selflengthen.filters import GrowthFilter
 from selflengthen.filters.base import DROP_DETAIL
 from selflengthen.filters.on_topic import RELEVANCE_KEY, OnTopicFilter
-from selflengthen.filters.prefix import HeadMetaWatch, LoopWatch, RepeatWatch
 from selflengthen.prompts import template
 from selflengthen.relevance import RelevanceScorer
-from selflengthen.text import content_tokens, count_words
+from selflengthen.text import count_words
 
-_BLANK_LINES = re.compile(r"\n[ \t]*\n")
 #: Why a row has no extension (stats.json's `failed_rows`); the last only with `on_topic`.
 FAILURES = ("no_round_succeeded", "too_little_growth", "off_topic")
 
@@ -82,7 +73,7 @@ EXTENDED_SCHEMA = {
 @dataclass(frozen=True)
 class ExtendSettings:
     """The extend step's settings; `on_topic` is `OnTopicFilter`'s `max_ratio` (None: not
-    applied)."""
+    applied); `checks`, what every stage-2 text must pass."""
 
     rounds: int = 3
     max_retries: int = 3
@@ -90,6 +81,7 @@ class ExtendSettings:
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     force_growth: bool = False
     on_topic: float | None = None
+    checks: ResponseChecks = DEFAULT_CHECKS
 
     def __post_init__(self) -> None:
         require_at_least_one(rounds=self.rounds, max_retries=self.max_retries)
@@ -101,7 +93,7 @@ class ExtendSettings:
 
 def split_parts(text: str) -> tuple[list[str], str]:
     """Paragraphs (split at blank lines) and their separator; lines when paragraphs give <= 2."""
-    paragraphs = [part.strip() for part in _BLANK_LINES.split(text.strip()) if part.strip()]
+    paragraphs = [part.strip() for part in BLANK_LINES.split(text.strip()) if part.strip()]
     if len(paragraphs) > 2:
         return paragraphs, "\n\n"
     return [line.strip() for line in text.strip().splitlines() if line.strip()], "\n"
@@ -125,84 +117,6 @@ def stage_two_min_tokens(text: str, start: str, settings: ExtendSettings) -> int
     return min(max(missing, 0), settings.sampling.max_tokens)
 
 
-def certainly_kept(prefix: str) -> str:
-    """The part of an unfinished stage-1 text that is in stage 2's start whatever follows.
-
-    Only lines that a line break ends count (the rest may still grow). With three or more
-    paragraphs the text is split into paragraphs for good, and the first two-thirds of those
-    seen so far are kept (two-thirds of more paragraphs is not fewer; the last one seen may
-    still grow, and two-thirds of three or more never reaches it). With one or two, the
-    finished text is split either into three or more paragraphs, of which at least the first
-    two are kept (they hold every line seen so far), or into lines, of which the first
-    two-thirds (at least one) are kept: so the first two-thirds of the lines seen so far.
-    """
-    complete = prefix[: max(prefix.rfind("\n"), prefix.rfind("\r")) + 1]
-    paragraphs = [part.strip() for part in _BLANK_LINES.split(complete.strip()) if part.strip()]
-    if len(paragraphs) > 2:
-        return "\n\n".join(paragraphs[: round(len(paragraphs) * 2 / 3)])
-    lines = [line.strip() for line in complete.strip().splitlines() if line.strip()]
-    return "\n".join(lines[: max(1, round(len(lines) * 2 / 3))])
-
-
-class StageOneWatch:
-    """Stage 1's text is not judged itself, but the first two-thirds of its parts become the
-    start of the text stage 2 is judged on, so its first lines are that text's first lines.
-    Its rejection is certain once the part kept whatever follows (`certainly_kept`) holds a
-    meta-comment among its first `head_lines` lines, a repeated n-gram (`RepeatWatch`) or a
-    character loop (`LoopWatch`). That part grows only at a line break, so it is measured again
-    only then: for the meta-comment until it holds `head_lines` lines, for a repeat or a loop
-    once one has been seen in the text."""
-
-    def __init__(self) -> None:
-        self._repeat = RepeatWatch.for_filter(REPETITION)
-        self._loop = LoopWatch.for_filter(CHARACTER_LOOP)
-        self._head_open = META_COMMENT.head_lines > 0
-        self._chunks: list[str] = []
-        self.reason: str | None = None
-
-    def feed(self, chunk: str) -> str | None:
-        if self.reason is None:
-            self.reason = self._check(chunk)
-        return self.reason
-
-    def _check(self, chunk: str) -> str | None:
-        self._chunks.append(chunk)
-        first_repeat = self._repeat.found is None and self._repeat.feed(chunk) is not None
-        first_loop = not self._loop.failed and self._loop.feed(chunk) is not None
-        line_break = "\n" in chunk or "\r" in chunk
-        seen = self._repeat.found is not None or self._loop.failed
-        if not (first_repeat or first_loop or (line_break and (self._head_open or seen))):
-            return None
-        kept = certainly_kept("".join(self._chunks))
-        if self._head_open:
-            head = [line for line in kept.splitlines() if line.strip()][: META_COMMENT.head_lines]
-            if any(META_COMMENT.meta_word(line) is not None for line in head):
-                return rejection(META_COMMENT, HeadMetaWatch.reason)
-            self._head_open = len(head) < META_COMMENT.head_lines
-        if self._repeat.found is not None and len(content_tokens(kept)) >= self._repeat.words:
-            return rejection(REPETITION, RepeatWatch.reason)
-        if self._loop.failed and CHARACTER_LOOP.find(kept) is not None:
-            return rejection(CHARACTER_LOOP, LoopWatch.reason)
-        return None
-
-
-class CombinedWatch:
-    """`ResponseWatch` over the text stage 2 is judged on (`combine`): the start, then the
-    continuation as it streams. `reason_before` is set when the start alone already fails."""
-
-    def __init__(self, start: str, separator: str) -> None:
-        self._inner = ResponseWatch()
-        self._separator = separator
-        self._begun = False
-        self.reason_before = self._inner.feed(start)
-
-    def feed(self, chunk: str) -> str | None:
-        if not self._begun and chunk:
-            self._begun = True
-            chunk = ("" if chunk[:1].isspace() else self._separator) + chunk
-        return self._inner.feed(chunk)
-
-
 async def extend_once(
     generate: Any,
     instruction: str,
@@ -222,7 +136,7 @@ async def extend_once(
         settings.sampling,
         (*seed_parts, 1),
         tally,
-        watch=StageOneWatch,
+        watch=partial(StageOneWatch, settings.checks),
     )
     if stage_one is None:
         return None
@@ -234,7 +148,7 @@ async def extend_once(
         tally.rejections["stage_1_empty"] += 1
         return None
     start = written_separator.join(written[: max(1, round(len(written) * 2 / 3))])
-    watch = partial(CombinedWatch, start, written_separator)
+    watch = partial(CombinedWatch, settings.checks, start, written_separator)
     if settings.sampling.early_stop and (reason := watch().reason_before) is not None:
         # The start alone already fails (e.g. stage 1 looped): stage 2 cannot pass.
         tally.stop_early(reason, 0)
@@ -256,7 +170,7 @@ async def extend_once(
     if stage_two is None:
         return None
     combined = dataclasses.replace(stage_two, text=combine(start, written_separator, stage_two.text))
-    problem = response_problem(combined)
+    problem = settings.checks.problem(combined)
     if problem is not None:
         tally.rejections[problem] += 1
         return None
@@ -452,5 +366,6 @@ def run_extend(
         rows_in=len(documents),
         words_column="extended_words",
         relevance=settings.on_topic is not None,
+        filters=settings.checks.describe(),
     )
     return run_step(step, iteration, engine, model, settings.sampling)

@@ -22,7 +22,7 @@ import polars as pl
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import InferenceResult
 
-from selflengthen.builders.checks import ResponseWatch, response_problem
+from selflengthen.builders.checks import DEFAULT_CHECKS, ResponseChecks
 from selflengthen.builders.folder import step_folder
 from selflengthen.builders.progress import StepProgress, rollout_tally
 from selflengthen.builders.requests import chat
@@ -56,6 +56,7 @@ class GenerateSettings:
     samples_per_instruction: int = 2
     max_retries: int = 20
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    checks: ResponseChecks = DEFAULT_CHECKS
 
     def __post_init__(self) -> None:
         require_at_least_one(
@@ -74,7 +75,7 @@ async def generate_rollout(
         async def attempt_answer(attempt: int, attempt_tally: Tally) -> InferenceResult | None:
             seed_parts = ("generate", document.id, sample, attempt)
             return await chat(
-                generate, messages, settings.sampling, seed_parts, attempt_tally, watch=ResponseWatch
+                generate, messages, settings.sampling, seed_parts, attempt_tally, watch=settings.checks.watch
             )
 
         attempts = attempts_in_order(attempt_answer, settings.max_retries, tally, settings.sampling.speculate)
@@ -87,7 +88,7 @@ async def generate_rollout(
                         "attempts": attempt,
                         "failure": "request_error",
                     }
-                problem = response_problem(result)
+                problem = settings.checks.problem(result)
                 if problem is None:
                     return {
                         "sample": sample,
@@ -164,5 +165,6 @@ def run_generate(
         partial(generate_rollout, settings=settings),
         rows,
         rows_in=len(documents),
+        filters=settings.checks.describe(),
     )
     return run_step(step, iteration, engine, model, settings.sampling)

@@ -48,6 +48,8 @@ class GenerationStep:
         context: a factory of datatrove's shared context for the rollouts (see `run_inference`);
             `None`: a progress bar.
         relevance: the rollouts score relevance on the step's server (`run_inference`).
+        filters: the filters the step applied to every answer, with their arguments, for
+            stats.json (`ResponseChecks.describe`); None for a step without them.
     """
 
     name: str
@@ -59,6 +61,7 @@ class GenerationStep:
     words_column: str = "words"
     context: Callable[[], Any] | None = None
     relevance: bool = False
+    filters: list[dict[str, Any]] | None = None
 
 
 def run_step(
@@ -106,6 +109,7 @@ def step_stats(
         **specific,
         "rows_out": output.height,
         **totals,
+        **({"filters": step.filters} if step.filters is not None else {}),
         "rejected_attempts": dict(rejections.most_common()),
         "stopped_early": stopped_early,
         "request_errors": {

@@ -16,6 +16,7 @@ from selflengthen.builders.self_instruct import INSTRUCTION_SCHEMA
 from selflengthen.builders.sft_data import SFT_SCHEMA
 from selflengthen.cards.common import TAGS, base_model_info, model_repo_id, render, size_category
 from selflengthen.config import RunConfig
+from selflengthen.filters.registry import FilterEntry
 from selflengthen.run_folder import CONFIG_STEP, ITERATION_CONFIGS, RunFolder
 
 #: Counts in a step's stats.json that are rows lost (each a dict of reason -> count, or a number).
@@ -124,7 +125,12 @@ def _settings(config: RunConfig, final: bool) -> dict[str, str]:
     def tokens(value: int | None) -> str:
         return f", `max_tokens={value}`" if value else ""
 
+    def described(entry: FilterEntry) -> str:
+        arguments = ", ".join(f"{key}={value!r}" for key, value in entry.kwargs.items())
+        return f"`{entry.name}`" + (f" ({arguments})" if arguments else "")
+
     settings = {
+        "filters": ", ".join(described(entry) for entry in config.filter_entries()),
         "self_instruct": f"{section.count} new instructions per iteration, written by {writer} from "
         f"{seeds} and the earlier iterations' instructions, up to {section.max_retries} attempts each"
         f"{tokens(section.max_tokens)}",
@@ -136,6 +142,12 @@ def _settings(config: RunConfig, final: bool) -> dict[str, str]:
         + (
             "; stage 2 held (vLLM `min_tokens`) until it could reach that ratio"
             if config.extend.force_growth
+            else ""
+        )
+        + (
+            f"; dropped when a segment after the first has a relevance ratio above {config.extend.on_topic} "
+            "(off topic)"
+            if config.extend.on_topic is not None
             else ""
         ),
         "sft_data": "each non-blank line of the initial answer dropped with p = "

@@ -11,12 +11,17 @@ stop passes every other check: before this filter, a kept answer of the CPU expe
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 import numpy as np
 from datatrove.data import Document
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from selflengthen.filters.base import TextFilter, drop
 from selflengthen.text import codepoints
+
+if TYPE_CHECKING:
+    from selflengthen.filters.prefix import PrefixWatch
 
 DEFAULT_MAX_CHARS = 80
 DEFAULT_MAX_PERIOD = 8
@@ -75,6 +80,12 @@ class CharacterLoopFilter(TextFilter):
         super().__init__(text_key=text_key, exclusion_writer=exclusion_writer)
         self.max_chars = max_chars
         self.max_period = max_period
+
+    def prefix_watch(self) -> PrefixWatch:
+        """`LoopWatch`: this filter's rejection found while the text is still being written."""
+        from selflengthen.filters.prefix import LoopWatch  # that module imports this one
+
+        return LoopWatch.for_filter(self)
 
     def find(self, text: str) -> str | None:
         """The first loop this filter drops `text` for (`find_character_loop`), or `None`."""

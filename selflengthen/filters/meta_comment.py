@@ -4,12 +4,16 @@ from __future__ import annotations
 
 import re
 from collections.abc import Iterable
+from typing import TYPE_CHECKING
 
 from datatrove.data import Document
 from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from selflengthen.filters.base import TextFilter, drop
 from selflengthen.text import is_cjk
+
+if TYPE_CHECKING:
+    from selflengthen.filters.prefix import PrefixWatch
 
 #: The paper's word list: any of these words near the start or end of an answer marked the model
 #: commenting on its own text. As bare words they also match ordinary writing ("Version 3",
@@ -128,6 +132,12 @@ class MetaCommentFilter(TextFilter):
             )
         except re.error as error:
             raise ValueError(f"patterns: not a regular expression ({error})") from None
+
+    def prefix_watch(self) -> PrefixWatch:
+        """`HeadMetaWatch`: this filter's rejection found while the text is still being written."""
+        from selflengthen.filters.prefix import HeadMetaWatch  # that module imports this one
+
+        return HeadMetaWatch.for_filter(self)
 
     def filter_text(self, text: str, doc: Document) -> bool | tuple[bool, str]:
         lines = [line for line in text.splitlines() if line.strip()]

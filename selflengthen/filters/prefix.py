@@ -24,7 +24,8 @@ from __future__ import annotations
 
 import re
 from collections import deque
-from typing import Protocol
+from collections.abc import Iterator
+from typing import Protocol, runtime_checkable
 
 from selflengthen.filters.character_loop import CharacterLoopFilter
 from selflengthen.filters.meta_comment import MetaCommentFilter
@@ -41,6 +42,19 @@ class PrefixWatch(Protocol):
         ...
 
 
+@runtime_checkable
+class WatchableFilter(Protocol):
+    """A filter that can tell from a prefix that it will reject the finished text: it offers a
+    fresh watch per text. A filter without `prefix_watch` only judges finished texts."""
+
+    def prefix_watch(self) -> PrefixWatch: ...
+
+
+def watch_of(check: object) -> PrefixWatch | None:
+    """A fresh watch of `check` if it offers one, else None (never stopped early)."""
+    return check.prefix_watch() if isinstance(check, WatchableFilter) else None
+
+
 class RepeatWatch:
     """Finds the first repeated n-gram of complete words as the text arrives (see the module
     docstring); reason `repeated_ngram`, the key `RepetitionFilter` gives."""
@@ -53,7 +67,6 @@ class RepeatWatch:
         self._seen: set[tuple[str, ...]] = set()
         self._pending = ""  # a run of non-CJK characters at the end that may still grow
         self.found: tuple[str, ...] | None = None
-        self.words = 0  # complete content words seen; once `found`, the repeat ends at word `words`
 
     @classmethod
     def for_filter(cls, check: RepetitionFilter) -> RepeatWatch:
@@ -71,18 +84,41 @@ class RepeatWatch:
             # Thai, an emoji), with what follows it: the next chunk may continue it.
             self._pending = text[bounds[-1][0] :]
             words.pop()
-        for word in words:
-            if not is_content(word):  # the filter skips punctuation-only words
-                continue
-            self.words += 1
-            self._window.append(word)
-            if len(self._window) == self.ngram:
-                gram = tuple(self._window)
-                if gram in self._seen:
-                    self.found = gram
-                    return self.reason
-                self._seen.add(gram)
+        for gram in _grams(words, self._window):
+            if gram in self._seen:
+                self.found = gram
+                return self.reason
+            self._seen.add(gram)
         return None
+
+    def at_word_end(self) -> str | None:
+        """The reason if the text so far is rejected once whitespace follows it (its last word
+        then complete); the watch itself is left as it is."""
+        if self.found is not None:
+            return self.reason
+        window, added = deque(self._window, maxlen=self.ngram), set()
+        for gram in _grams([self._pending[start:end] for start, end in word_bounds(self._pending)], window):
+            if gram in self._seen or gram in added:
+                return self.reason
+            added.add(gram)
+        return None
+
+
+def _grams(words: list[str], window: deque[str]) -> Iterator[tuple[str, ...]]:
+    """Each full n-gram of `window` as the content words of `words` enter it (the repetition
+    filter skips punctuation-only words)."""
+    for word in words:
+        if is_content(word):
+            window.append(word)
+            if len(window) == window.maxlen:
+                yield tuple(window)
+
+
+def at_word_end(watch: PrefixWatch) -> str | None:
+    """A watch's verdict on its text followed by whitespace (`RepeatWatch.at_word_end`), for
+    watches that know one; None for the others."""
+    check = getattr(watch, "at_word_end", None)
+    return check() if callable(check) else None
 
 
 class LoopWatch:

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import TYPE_CHECKING
 
 import numpy as np
 from datatrove.data import Document
@@ -10,6 +11,9 @@ from datatrove.pipeline.writers.disk_base import DiskWriter
 
 from selflengthen.filters.base import MISSING_TEXT, TextFilter, drop
 from selflengthen.text import TokenSpans, content_mask, token_spans
+
+if TYPE_CHECKING:
+    from selflengthen.filters.prefix import PrefixWatch
 
 #: The paper's settings: 13-grams of characters for Chinese, 10-grams of words otherwise.
 CJK_NGRAM = 13
@@ -209,6 +213,12 @@ class RepetitionFilter(TextFilter):
             raise ValueError(f"batch_size must be >= 1, got {batch_size}")
         super().__init__(text_key=text_key, exclusion_writer=exclusion_writer, batch_size=batch_size)
         self.ngram = ngram
+
+    def prefix_watch(self) -> PrefixWatch:
+        """`RepeatWatch`: this filter's rejection found while the text is still being written."""
+        from selflengthen.filters.prefix import RepeatWatch  # that module imports this one
+
+        return RepeatWatch.for_filter(self)
 
     def filter_text(self, text: str, doc: Document) -> bool | tuple[bool, str]:
         return self._verdict(doc, find_repeated_ngram(text, self.ngram))
