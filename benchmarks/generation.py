@@ -24,6 +24,7 @@ import polars as pl
 from loguru import logger
 
 from selflengthen.builders.generate import GenerateSettings, run_generate
+from selflengthen.config import GenerateSection
 from selflengthen.engine.launch import on_gpu, server_environment, vllm_command
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
@@ -89,7 +90,7 @@ def step_tokens_per_second(
     try:
         wait_until_ready(PORT)
         instructions = pl.DataFrame({"id": [f"p{i}" for i in range(len(texts))], "instruction": texts})
-        settings = GenerateSettings(samples_per_instruction=1, max_retries=1, sampling=sampling)
+        settings = GenerateSettings(GenerateSection(samples_per_instruction=1, max_retries=1), sampling)
         with tempfile.TemporaryDirectory() as run_dir:
             started = time.perf_counter()
             stats = run_generate(Path(run_dir), 1, instructions, engine, model, settings)

@@ -25,7 +25,8 @@ from selflengthen.config import load_config
 from selflengthen.engine.models import DEFAULT_MODEL, EMBEDDED_MODELS, ResolvedModel, prepare_embedded_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.errors import SelflengthenError, describe_os_error
-from selflengthen.loop import STEPS, parse_iterations, run_loop, summary_table
+from selflengthen.loop import STEP_NAMES, parse_iterations, run_loop
+from selflengthen.run_summary import summary_table
 
 
 class _Commands(TyperGroup):
@@ -117,7 +118,7 @@ def run_command(
         str | None,
         typer.Option(
             help="Redo this step of the first selected iteration and everything after it "
-            f"({', '.join(STEPS)}); earlier outputs are moved to <run>/.replaced/."
+            f"({', '.join(STEP_NAMES)}); earlier outputs are moved to <run>/.replaced/."
         ),
     ] = None,
 ) -> None:

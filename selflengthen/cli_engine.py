@@ -11,7 +11,8 @@ from typing import Annotated, Any
 import typer
 from pydantic import BaseModel
 
-from selflengthen.config import EngineSection, RunConfig, SamplingSection, flag_name, section_from_flags
+from selflengthen.config import RunConfig, flag_name, section_from_flags
+from selflengthen.config_engine import EngineSection, SamplingSection
 from selflengthen.engine.launch import check_port_free
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.engine.options import EngineOptions, SamplingOptions, context_problem

@@ -18,11 +18,13 @@ from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
 from selflengthen.cli_engine import with_engine_options
 from selflengthen.cli_steps import ITERATION_OPTION, RUN_DIR_OPTION, lock_run_dir, previous_step
+from selflengthen.config import ExtendSection, GenerateSection, SelfInstructSection, section_from_flags
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError
 from selflengthen.filters.registry import DEFAULT_FILTERS, FilterConfigError, parse_entries
+from selflengthen.steps import EXTEND, EXTENDED, GENERATE, INITIAL, INSTRUCTIONS, SELF_INSTRUCT
 from selflengthen.tables import read_instructions
 
 FILTERS_OPTION = typer.Option(
@@ -113,10 +115,14 @@ def self_instruct_command(
     sampling: SamplingOptions,
 ) -> None:
     """Grow new long-writing instructions from seed instructions (step 1)."""
-    settings = SelfInstructSettings(count=count, max_retries=max_retries, sampling=sampling)
-    seed_frame = seed_instructions(seeds, seed_language.value, "--seed-language")
+    section = section_from_flags(
+        SelfInstructSection,
+        {"count": count, "max_retries": max_retries, "seed_language": seed_language.value, "seeds": seeds},
+    )
+    settings = SelfInstructSettings(section, sampling)
+    seed_frame = seed_instructions(section.seeds, section.seed_language, "--seed-language")
     stats = _serve_step(
-        "self-instruct", run_dir, iteration, "instructions", (engine, model, sampling),
+        SELF_INSTRUCT.name, run_dir, iteration, INSTRUCTIONS, (engine, model, sampling),
         lambda engine: run_self_instruct(run_dir, iteration, seed_frame, engine, model, settings),
     )  # fmt: skip
     if stats["rows_out"] < stats["requested"]:
@@ -139,16 +145,19 @@ def generate_command(
     sampling: SamplingOptions,
 ) -> None:
     """Answer each instruction with the Generator, filter and sample (step 2)."""
-    settings = GenerateSettings(samples_per_instruction, max_retries, sampling, checks_from_flag(filters))
+    section = section_from_flags(
+        GenerateSection, {"samples_per_instruction": samples_per_instruction, "max_retries": max_retries}
+    )
+    settings = GenerateSettings(section, sampling, checks_from_flag(filters))
     frame = (
         read_instructions(instructions, "instruction")
         if instructions
         else previous_step(
-            run_dir, iteration, "instructions", "run self-instruct first, or pass --instructions"
+            run_dir, iteration, INSTRUCTIONS, "run self-instruct first, or pass --instructions"
         )
     )
     _serve_step(
-        "generate", run_dir, iteration, "initial", (engine, model, sampling),
+        GENERATE.name, run_dir, iteration, INITIAL, (engine, model, sampling),
         lambda engine: run_generate(run_dir, iteration, frame, engine, model, settings),
     )  # fmt: skip
 
@@ -185,10 +194,19 @@ def extend_command(
     sampling: SamplingOptions,
 ) -> None:
     """Lengthen each initial response with the Extender, filter and sample (step 3)."""
-    checks = checks_from_flag(filters)
-    settings = ExtendSettings(rounds, max_retries, min_ratio, sampling, force_growth, on_topic, checks)
-    initial = previous_step(run_dir, iteration, "initial", "run generate first")
+    section = section_from_flags(
+        ExtendSection,
+        {
+            "rounds": rounds,
+            "max_retries": max_retries,
+            "min_ratio": min_ratio,
+            "force_growth": force_growth,
+            "on_topic": on_topic,
+        },
+    )
+    settings = ExtendSettings(section, sampling, checks_from_flag(filters))
+    initial = previous_step(run_dir, iteration, INITIAL, "run generate first")
     _serve_step(
-        "extend", run_dir, iteration, "extended", (engine, model, sampling),
+        EXTEND.name, run_dir, iteration, EXTENDED, (engine, model, sampling),
         lambda engine: run_extend(run_dir, iteration, initial, engine, model, settings),
     )  # fmt: skip

@@ -32,6 +32,7 @@ from selflengthen.config import (
 from selflengthen.engine.models import DEFAULT_MODEL, resolve_model
 from selflengthen.errors import require_folder
 from selflengthen.folder_lock import hold_for_process
+from selflengthen.steps import BUILD_SFT, COLLECT, EXT_SFT, EXTENDED, INITIAL, LENGTH_CONTROL
 from selflengthen.train.roles import ROLES, Launch, effective_recipe, train_role, trained_role
 
 
@@ -76,12 +77,12 @@ def build_sft_command(
     The Generator learns instruction -> extended answer; the Extender learns to lengthen a copy
     of the answer with some lines dropped."""
     settings = section_from_flags(SftDataSection, {"line_drop_probability": line_drop_probability})
-    extended = previous_step(run_dir, iteration, "extended", "run extend first")
-    extender_data = step_folder(run_dir, iteration, "ext_sft")
+    extended = previous_step(run_dir, iteration, EXTENDED, "run extend first")
+    extender_data = step_folder(run_dir, iteration, EXT_SFT)
     if (made := extender_data.recorded_stats()) is not None:
         wanted = {"line_drop_probability": settings.line_drop_probability, "seed": seed}
         refuse_other_settings(extender_data.root, made, wanted)
-    lock_run_dir(run_dir, "build-sft")
+    lock_run_dir(run_dir, BUILD_SFT.name)
     results = run_build_sft(run_dir, iteration, extended, settings.line_drop_probability, seed)
     for step, stats in results.items():
         typer.echo(
@@ -180,10 +181,10 @@ def train_command(
 
 def _last_extended_iteration(run_dir: Path) -> int:
     iteration = 0
-    while step_folder(run_dir, iteration + 1, "extended").finished():
+    while step_folder(run_dir, iteration + 1, EXTENDED).finished():
         iteration += 1
     if iteration == 0:
-        step_folder(run_dir, 1, "extended").require_finished("run extend first")
+        step_folder(run_dir, 1, EXTENDED).require_finished("run extend first")
     return iteration
 
 
@@ -215,12 +216,12 @@ def collect_command(
         }
         refuse_other_settings(long_folder(run_dir).root, before, {"iterations": last, "extra": extra})
     for k in range(1, last + 1):
-        step_folder(run_dir, k, "extended").require_finished(f"run iteration {k} first")
+        step_folder(run_dir, k, EXTENDED).require_finished(f"run iteration {k} first")
     if extra:
-        step_folder(run_dir, last + 1, "initial").require_finished(
+        step_folder(run_dir, last + 1, INITIAL).require_finished(
             "run generate for the extra instructions first"
         )
-    lock_run_dir(run_dir, "collect")
+    lock_run_dir(run_dir, COLLECT.name)
     stats = run_collect(run_dir, last, extra)
     typer.echo(
         f"long: {stats['rows_in']} in -> {stats['rows_out']} rows; {_words(stats)} -> "
@@ -266,7 +267,7 @@ def length_control_command(
     if (made := final_folder(run_dir).recorded_stats()) is not None:
         before = made["settings"] | {"seed": made["seed"]}
         refuse_other_settings(final_folder(run_dir).root, before, settings.model_dump() | {"seed": seed})
-    lock_run_dir(run_dir, "length-control")
+    lock_run_dir(run_dir, LENGTH_CONTROL.name)
     stats = run_length_control(run_dir, folder.read(), settings, seed)
     typer.echo(
         f"final: {stats['rows_in']} in -> {stats['rows_out']} rows ({stats['outside_length_bounds']} outside "

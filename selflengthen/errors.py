@@ -14,13 +14,6 @@ class ServerFailed(SelflengthenError):
     """The model server failed or stopped during a step; the step resumes when run again."""
 
 
-def require_at_least_one(**flags: int) -> None:
-    """Raise a one-line error for the first flag (given as `flag_name=value`, `_` for `-`) below 1."""
-    for name, value in flags.items():
-        if value < 1:
-            raise SelflengthenError(f"--{name.replace('_', '-')}: must be >= 1, got {value}")
-
-
 def require_folder(path: Path, what: str) -> Path:
     """`path` unless it exists and is not a folder (then a one-line error naming `what`)."""
     if path.exists() and not path.is_dir():

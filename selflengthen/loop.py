@@ -31,7 +31,7 @@ from selflengthen.builders.folder import StepFolder, step_folder
 from selflengthen.builders.generate import GenerateSettings, run_generate
 from selflengthen.builders.length_control import final_folder, run_length_control
 from selflengthen.builders.self_instruct import SelfInstructSettings, run_self_instruct, seed_instructions
-from selflengthen.builders.sft_data import SFT_STEPS, run_build_sft
+from selflengthen.builders.sft_data import run_build_sft
 from selflengthen.config import RunConfig, identity_differences, parse_config
 from selflengthen.engine.launch import check_port_free
 from selflengthen.engine.models import ResolvedModel, resolve_model
@@ -39,12 +39,26 @@ from selflengthen.engine.shared_server import SharedServer
 from selflengthen.errors import SelflengthenError, require_folder
 from selflengthen.folder_lock import folder_lock
 from selflengthen.interrupts import children_die_with_us
+from selflengthen.run_summary import run_summary
+from selflengthen.steps import (
+    BUILD_SFT,
+    COLLECT,
+    EXTEND,
+    EXTENDED,
+    FINAL_STEPS,
+    GENERATE,
+    INITIAL,
+    INSTRUCTIONS,
+    ITERATION_STEPS,
+    LENGTH_CONTROL,
+    SELF_INSTRUCT,
+    TRAIN,
+    Step,
+)
 from selflengthen.train.roles import ROLES, Launch, train_role, trained_role
 
-ITERATION_STEPS = ("self-instruct", "generate", "extend", "build-sft", "train")
-FINAL_STEPS = ("collect", "length-control")
-STEPS = ITERATION_STEPS + FINAL_STEPS
-_STEP_FOLDERS = {"self-instruct": ("instructions",), "generate": ("initial",), "extend": ("extended",)}
+#: The names `run --from-step` takes.
+STEP_NAMES = ITERATION_STEPS + FINAL_STEPS
 
 
 def parse_iterations(spec: str | None, total: int) -> range:
@@ -199,43 +213,42 @@ def run_loop(
 def _force_point(from_step: str | None, iterations: range) -> tuple[int | None, str] | None:
     if from_step is None:
         return None
-    if from_step not in STEPS:
-        raise SelflengthenError(f"--from-step: unknown step {from_step!r} (choose from {', '.join(STEPS)})")
+    if from_step not in STEP_NAMES:
+        raise SelflengthenError(
+            f"--from-step: unknown step {from_step!r} (choose from {', '.join(STEP_NAMES)})"
+        )
     return (None, from_step) if from_step in FINAL_STEPS else (iterations.start, from_step)
 
 
 def _run_iteration(runner: Runner, iteration: int) -> None:
     config, run_dir, server = runner.config, runner.run_dir, runner.server
 
-    def folders(step: str) -> list[Path]:
-        return [step_folder(run_dir, iteration, name).root for name in _STEP_FOLDERS[step]]
+    def folders(step: Step) -> list[Path]:
+        return [step_folder(run_dir, iteration, name).root for name in step.folders]
 
     def read(step: str) -> pl.DataFrame:
         return step_folder(run_dir, iteration, step).read()
 
     runner.step(
-        "self-instruct",
+        SELF_INSTRUCT.name,
         iteration,
-        folders("self-instruct"),
+        folders(SELF_INSTRUCT),
         lambda: _self_instruct(runner, iteration, config.self_instruct.count),
     )
     runner.step(
-        "generate",
-        iteration,
-        folders("generate"),
-        lambda: _generate(runner, iteration, read("instructions")),
+        GENERATE.name, iteration, folders(GENERATE), lambda: _generate(runner, iteration, read(INSTRUCTIONS))
     )
-    runner.step("extend", iteration, folders("extend"), lambda: _extend(runner, iteration, read("initial")))
-    extended_folder = step_folder(run_dir, iteration, "extended")
+    runner.step(EXTEND.name, iteration, folders(EXTEND), lambda: _extend(runner, iteration, read(INITIAL)))
+    extended_folder = step_folder(run_dir, iteration, EXTENDED)
     stats = json.loads(extended_folder.stats.read_text())
     if stats["rows_out"] == 0:
         raise empty_extended_error(iteration, stats, extended_folder.root)
     runner.step(
-        "build-sft",
+        BUILD_SFT.name,
         iteration,
-        [step_folder(run_dir, iteration, name).root for name in SFT_STEPS],
+        folders(BUILD_SFT),
         lambda: run_build_sft(
-            run_dir, iteration, read("extended"), config.sft_data.line_drop_probability, config.seed
+            run_dir, iteration, read(EXTENDED), config.sft_data.line_drop_probability, config.seed
         ),
     )
     launch = Launch(
@@ -253,7 +266,7 @@ def _run_iteration(runner: Runner, iteration: int) -> None:
             train_role(run_dir, iteration, role, base, config.train.recipe, launch, config.train.rows)
 
     runner.step(
-        "train", iteration, [trained_role(run_dir, iteration, role).folder for role in ROLES], train_both
+        TRAIN.name, iteration, [trained_role(run_dir, iteration, role).folder for role in ROLES], train_both
     )
 
 
@@ -262,10 +275,7 @@ def _generate(runner: Runner, iteration: int, instructions: pl.DataFrame) -> Non
     generator = role_model(config, runner.run_dir, iteration, "generator")
     section = config.generate
     settings = GenerateSettings(
-        section.samples_per_instruction,
-        section.max_retries,
-        config.sampling_options(section.max_tokens),
-        ResponseChecks(config.filter_entries()),
+        section, config.sampling_options(section.max_tokens), ResponseChecks(config.filter_entries())
     )
     runner.server.serve(
         generator,
@@ -278,13 +288,7 @@ def _extend(runner: Runner, iteration: int, initial: pl.DataFrame) -> None:
     extender = role_model(config, runner.run_dir, iteration, "extender")
     section = config.extend
     settings = ExtendSettings(
-        section.rounds,
-        section.max_retries,
-        section.min_ratio,
-        config.sampling_options(section.max_tokens),
-        section.force_growth,
-        section.on_topic,
-        ResponseChecks(config.filter_entries()),
+        section, config.sampling_options(section.max_tokens), ResponseChecks(config.filter_entries())
     )
     runner.server.serve(
         extender, lambda engine: run_extend(runner.run_dir, iteration, initial, engine, extender, settings)
@@ -299,9 +303,9 @@ def _self_instruct(runner: Runner, iteration: int, count: int) -> None:
     section = config.self_instruct
     seeds = seed_instructions(section.seeds, section.seed_language, "self_instruct.seed_language")
     earlier = [
-        step_folder(run_dir, k, "instructions").read().select("id", "instruction")
+        step_folder(run_dir, k, INSTRUCTIONS).read().select("id", "instruction")
         for k in range(1, iteration)
-        if step_folder(run_dir, k, "instructions").finished()
+        if step_folder(run_dir, k, INSTRUCTIONS).finished()
     ]
     pool = pl.concat([seeds.select(pl.col("id").cast(pl.String), "instruction"), *earlier])
     model = (
@@ -309,7 +313,9 @@ def _self_instruct(runner: Runner, iteration: int, count: int) -> None:
         if section.model == "generator"
         else resolve_model(config.model, prepare=False)
     )
-    settings = SelfInstructSettings(count, section.max_retries, config.sampling_options(section.max_tokens))
+    settings = SelfInstructSettings(
+        section.model_copy(update={"count": count}), config.sampling_options(section.max_tokens)
+    )
     runner.server.serve(
         model, lambda engine: run_self_instruct(run_dir, iteration, pool, engine, model, settings)
     )
@@ -325,26 +331,26 @@ def _run_final(runner: Runner) -> None:
         runner.step(
             "self-instruct (extra)",
             last + 1,
-            [step_folder(run_dir, last + 1, "instructions").root],
+            [step_folder(run_dir, last + 1, INSTRUCTIONS).root],
             lambda: _self_instruct(runner, last + 1, extra),
         )
         runner.step(
             "generate (extra)",
             last + 1,
-            [step_folder(run_dir, last + 1, "initial").root],
-            lambda: _generate(runner, last + 1, step_folder(run_dir, last + 1, "instructions").read()),
+            [step_folder(run_dir, last + 1, INITIAL).root],
+            lambda: _generate(runner, last + 1, step_folder(run_dir, last + 1, INSTRUCTIONS).read()),
         )
     runner.server.stop()
     collected = long_folder(run_dir).recorded_stats()
     runner.step(
-        "collect",
+        COLLECT.name,
         None,
         [long_folder(run_dir).root],
         lambda: run_collect(run_dir, last, bool(extra)),
         stale=collected is not None and collected["sources"] != _collect_sources(run_dir, last, bool(extra)),
     )
     runner.step(
-        "length-control",
+        LENGTH_CONTROL.name,
         None,
         [final_folder(run_dir).root],
         lambda: run_length_control(run_dir, long_folder(run_dir).read(), config.length_control, config.seed),
@@ -353,56 +359,8 @@ def _run_final(runner: Runner) -> None:
 
 def _collect_sources(run_dir: Path, iterations: int, extra: bool) -> dict[str, int]:
     """The row count of each step folder `collect` reads, as its stats record them."""
-    steps = [(k, step) for k in range(1, iterations + 1) for step in ("initial", "extended")]
-    steps += [(iterations + 1, "initial")] if extra else []
+    steps = [(k, step) for k in range(1, iterations + 1) for step in (INITIAL, EXTENDED)]
+    steps += [(iterations + 1, INITIAL)] if extra else []
     return {
         f"iter_{k}/{step}": step_folder(run_dir, k, step).recorded_stats()["rows_out"] for k, step in steps
     }
-
-
-def run_summary(run_dir: Path, iterations: int) -> dict[str, Any]:
-    """Per iteration: rows and word lengths of each step, and each role's training loss (from
-    the stats the steps wrote)."""
-    rows = []
-    for iteration in range(1, iterations + 1):
-        row: dict[str, Any] = {"iteration": iteration}
-        for step in ("instructions", "initial", "extended"):
-            stats = step_folder(run_dir, iteration, step).recorded_stats()
-            row[step] = stats["rows_out"] if stats else None
-            if step != "instructions":
-                row[f"{step}_words"] = stats["words"] if stats else None
-        for role in ROLES:
-            trained = trained_role(run_dir, iteration, role)
-            row[f"{role}_loss"] = round(trained.result()["training_loss"], 4) if trained.finished() else None
-        rows.append(row)
-    final = {
-        name: folder.recorded_stats()
-        for name, folder in (("long", long_folder(run_dir)), ("final", final_folder(run_dir)))
-    }
-    return {
-        "iterations": rows,
-        **{f"{name}_rows": stats["rows_out"] if stats else None for name, stats in final.items()},
-    }
-
-
-def summary_table(summary: dict[str, Any]) -> pl.DataFrame:
-    """The per-iteration summary as a table for the terminal."""
-
-    def words(shape: dict[str, Any] | None) -> str:
-        return f"{shape['mean']} / {shape['median']} / {shape['max']}" if shape and shape["mean"] else "-"
-
-    return pl.DataFrame(
-        [
-            {
-                "iter": row["iteration"],
-                "instructions": row["instructions"],
-                "initial": row["initial"],
-                "initial words mean/median/max": words(row["initial_words"]),
-                "extended": row["extended"],
-                "extended words mean/median/max": words(row["extended_words"]),
-                "generator loss": row["generator_loss"],
-                "extender loss": row["extender_loss"],
-            }
-            for row in summary["iterations"]
-        ]
-    )

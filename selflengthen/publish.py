@@ -28,7 +28,8 @@ from selflengthen.cards.model import model_card
 from selflengthen.config import RunConfig
 from selflengthen.errors import SelflengthenError
 from selflengthen.hub import Destination, DryRunFolder, HubRepo, check_repo_id, hub_token
-from selflengthen.run_folder import FINAL_CONFIGS, ITERATION_CONFIGS, RunFolder, response_words
+from selflengthen.run_folder import RunFolder, response_words
+from selflengthen.steps import FINAL_FOLDERS, INSTRUCTIONS, ITERATION_FOLDERS
 from selflengthen.train.roles import ROLES
 
 #: Adapter files that are not published: the card replaces PEFT's README, and the pickled
@@ -109,7 +110,7 @@ def _portable_copy(source: Path, run_dir: Path, target: Path) -> Path:
 
 
 def _missing_steps(run: RunFolder, iteration: int) -> list[str]:
-    missing = [config for config in ITERATION_CONFIGS if not run.folder(config, iteration).finished()]
+    missing = [config for config in ITERATION_FOLDERS if not run.folder(config, iteration).finished()]
     return missing + [f"train {role}" for role in ROLES if not run.role(iteration, role).finished()]
 
 
@@ -172,7 +173,7 @@ def _dataset_files(
     finals = run.final_configs() if last else []
     sources: dict[str, Path] = {}  # data and stats, published with portable paths
     for iteration in [version] + ([extra] if extra else []):
-        for name in ITERATION_CONFIGS:
+        for name in ITERATION_FOLDERS:
             if not run.folder(name, iteration).finished():
                 continue  # the extra iteration has instructions and initial answers only
             for index, shard in enumerate(run.shards(name, iteration)):
@@ -188,11 +189,11 @@ def _dataset_files(
         sources[f"stats/{name}.json"] = run.folder(name).stats
     files = {path: _portable_copy(source, run.root, staging / path) for path, source in sources.items()}
     histograms = {}
-    for name in ITERATION_CONFIGS + FINAL_CONFIGS:
-        if name in FINAL_CONFIGS and name not in finals:
+    for name in ITERATION_FOLDERS + FINAL_FOLDERS:
+        if name in FINAL_FOLDERS and name not in finals:
             continue
         path = f"plots/words-{name}.png"
-        unit = "instruction" if name == "instructions" else "answer"
+        unit = "instruction" if name == INSTRUCTIONS else "answer"
         length_histogram(
             _words_by_iteration(run, name, iterations), f"{name}: words per row", staging / path, unit
         )
@@ -208,7 +209,7 @@ def _dataset_files(
 
 
 def _words_by_iteration(run: RunFolder, name: str, iterations: list[int]) -> dict[str, list[int]]:
-    if name in FINAL_CONFIGS:
+    if name in FINAL_FOLDERS:
         frame = run.read(name)
         frame = frame.with_columns(response_words(name, frame).alias("_words"))
         return {

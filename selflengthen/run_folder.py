@@ -20,32 +20,27 @@ from selflengthen.builders.folder import StepFolder, step_folder
 from selflengthen.builders.length_control import final_folder
 from selflengthen.config import RunConfig, parse_config
 from selflengthen.errors import SelflengthenError
+from selflengthen.steps import (
+    BUILD_SFT,
+    EXTENDED,
+    FINAL,
+    FINAL_FOLDERS,
+    INITIAL,
+    INSTRUCTIONS,
+    ITERATION_FOLDERS,
+    LONG,
+)
 from selflengthen.text import count_words
 from selflengthen.train.roles import ROLES, TrainedRole, trained_role
-
-#: The datasets of one macro-iteration, in the order the loop makes them.
-ITERATION_CONFIGS = ("instructions", "initial", "extended", "gen_sft", "ext_sft")
-#: The datasets made once, after the last iteration.
-FINAL_CONFIGS = ("long", "final")
-#: What each step folder's rows are called in the published dataset (and its stats file).
-CONFIG_STEP = {
-    "instructions": "self-instruct",
-    "initial": "generate",
-    "extended": "extend",
-    "gen_sft": "build-sft",
-    "ext_sft": "build-sft",
-    "long": "collect",
-    "final": "length-control",
-}
 
 
 def response_words(config: str, frame: pl.DataFrame) -> pl.Series:
     """The word count of each row's answer (the instruction's own for `instructions`; the
     assistant message for the SFT sets)."""
-    if config in ("gen_sft", "ext_sft"):
+    if config in BUILD_SFT.folders:
         answers = frame["messages"].list.last().struct.field("content")
         return answers.map_elements(count_words, return_dtype=pl.Int64)
-    return frame["extended_words" if config == "extended" else "words"]
+    return frame["extended_words" if config == EXTENDED else "words"]
 
 
 @dataclass(frozen=True)
@@ -64,9 +59,9 @@ class RunFolder:
         return parse_config(yaml.safe_load(path.read_text(encoding="utf-8")), str(path))
 
     def folder(self, config: str, iteration: int | None = None) -> StepFolder:
-        if config == "long":
+        if config == LONG:
             return long_folder(self.root)
-        if config == "final":
+        if config == FINAL:
             return final_folder(self.root)
         assert iteration is not None
         return step_folder(self.root, iteration, config)
@@ -79,7 +74,7 @@ class RunFolder:
 
     def iteration_finished(self, iteration: int) -> bool:
         """Every dataset of the iteration written and both roles trained."""
-        return all(self.folder(config, iteration).finished() for config in ITERATION_CONFIGS) and all(
+        return all(self.folder(config, iteration).finished() for config in ITERATION_FOLDERS) and all(
             self.role(iteration, role).finished() for role in ROLES
         )
 
@@ -95,11 +90,11 @@ class RunFolder:
     def extra_iteration(self) -> int | None:
         """Iteration N + 1 (the final Generator's answers to extra instructions), if written."""
         extra = self.config.iterations + 1
-        finished = all(self.folder(config, extra).finished() for config in ("instructions", "initial"))
+        finished = all(self.folder(config, extra).finished() for config in (INSTRUCTIONS, INITIAL))
         return extra if self.config.collect.extra_instructions and finished else None
 
     def final_configs(self) -> list[str]:
-        return [config for config in FINAL_CONFIGS if self.folder(config).finished()]
+        return [config for config in FINAL_FOLDERS if self.folder(config).finished()]
 
     def shards(self, config: str, iteration: int | None = None) -> list[Path]:
         return self.folder(config, iteration).shards()

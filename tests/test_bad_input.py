@@ -278,7 +278,7 @@ def cases(busy_port: int, closed_port: int, web_port: int) -> list[Case]:
         Case(
             "negative count (step command)",
             ["self-instruct", "--run-dir", "{run}", "--count", "-3"],
-            "--count: must be >= 1",
+            "--count: Input should be greater than or equal to 1",
         ),
         Case(
             "run_dir is a file",

@@ -23,6 +23,7 @@ import polars as pl
 import pytest
 
 from selflengthen.builders.generate import GenerateSettings, run_generate
+from selflengthen.config import GenerateSection
 from selflengthen.engine.models import resolve_model
 from selflengthen.engine.options import EngineOptions, RayOptions, SamplingOptions, SlurmOptions
 from selflengthen.engine.shared_server import free_port
@@ -51,7 +52,14 @@ def _generate(
         model=model.spec, max_model_len=2048, vllm_args=("--dtype", "float32"), slurm=slurm, ray=ray
     )
     sampling = SamplingOptions(max_tokens=1000, seed=0)
-    run_generate(run_dir, 1, INSTRUCTIONS, engine, model, GenerateSettings(1, 2, sampling))
+    run_generate(
+        run_dir,
+        1,
+        INSTRUCTIONS,
+        engine,
+        model,
+        GenerateSettings(GenerateSection(samples_per_instruction=1, max_retries=2), sampling),
+    )
     return pl.read_parquet(run_dir / "iter_1" / "initial" / "data").sort("id")
 
 

@@ -9,6 +9,7 @@ import numpy as np
 import polars as pl
 import pytest
 
+from selflengthen.builders.checks import ResponseChecks
 from selflengthen.errors import SelflengthenError
 from selflengthen.eval import bootstrap
 from selflengthen.eval.growth import (
@@ -25,6 +26,7 @@ from selflengthen.eval.growth import (
 from selflengthen.eval.overlap import find_overlaps, similarity
 from selflengthen.eval.prompts import load_prompts
 from selflengthen.eval.report import growth_table, write_report
+from selflengthen.filters.registry import parse_entries
 from selflengthen.prompts import shipped_seeds
 from selflengthen.relevance import OFF_TOPIC_RATIO
 from selflengthen.text import count_words
@@ -243,13 +245,18 @@ def test_heldout_answers_are_the_evidence_behind_every_figure() -> None:
     )
     evidence = heldout_answers(answers)
     assert evidence.columns == [
-        "prompt_id", "sample", "text", "words", "finish_reason", "pass_repetition", "pass_ending"
+        "prompt_id", "sample", "text", "words", "finish_reason", "pass_repetition", "pass_ending", "accepted"
     ]  # fmt: skip
     assert evidence.select("prompt_id", "sample").rows() == [("a", 1), ("a", 2), ("b", 1), ("b", 2)]
     texts = [LOOP, _text(20, end=""), _text(30)]
     assert evidence["words"].to_list() == [*map(count_words, texts), None]
     assert evidence["pass_repetition"].to_list() == [False, True, True, None]
     assert evidence["pass_ending"].to_list() == [True, False, True, None]
+    assert evidence["accepted"].to_list() == [False, False, True, None]  # the loop would keep only b/1
+    # With the run's own filters: no repetition check (the loop passes), a floor of 40 words
+    # that b/1 (30 words) does not reach.
+    floor = ResponseChecks(parse_entries(["ending", {"length": {"min_words": 40}}]))
+    assert heldout_answers(answers, floor)["accepted"].to_list() == [True, False, False, None]
 
 
 def test_report_files_hold_the_growth_table_and_plots(tmp_path: Path) -> None:

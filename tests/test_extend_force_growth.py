@@ -8,6 +8,7 @@ from datatrove.pipeline.inference.types import InferenceResult
 
 from selflengthen.builders.extend import ExtendSettings, extend_once, stage_two_min_tokens
 from selflengthen.builders.tally import Tally
+from selflengthen.config import ExtendSection
 from selflengthen.engine.options import SamplingOptions
 
 #: 6 paragraphs of 10 words: 60 words.
@@ -19,9 +20,8 @@ CONTINUATION = "\n\n".join(" ".join(f"c{p}x{i}" for i in range(15)) + "." for p 
 
 def settings(force_growth: bool, max_tokens: int = 500, min_ratio: float = 1.2) -> ExtendSettings:
     sampling = SamplingOptions(max_tokens=max_tokens, early_stop=False)
-    return ExtendSettings(
-        rounds=1, max_retries=1, min_ratio=min_ratio, sampling=sampling, force_growth=force_growth
-    )
+    section = ExtendSection(rounds=1, max_retries=1, min_ratio=min_ratio, force_growth=force_growth)
+    return ExtendSettings(section, sampling)
 
 
 def extend_with(force_growth: bool) -> tuple[str | None, list[dict]]:

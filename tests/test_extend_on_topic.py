@@ -12,6 +12,7 @@ from datatrove.data import Document
 from datatrove.pipeline.inference.types import InferenceResult
 
 from selflengthen.builders.extend import ExtendSettings, extend_rollout
+from selflengthen.config import ExtendSection, section_from_flags
 from selflengthen.engine.options import SamplingOptions
 from selflengthen.errors import SelflengthenError
 from tests.test_extend_force_growth import CONTINUATION, STAGE_ONE, TEXT
@@ -41,7 +42,8 @@ async def generate(payload: dict) -> InferenceResult:
 
 def extend(on_topic: float | None, scorer: GivenScores | None) -> dict[str, Any]:
     settings = ExtendSettings(
-        rounds=1, max_retries=1, sampling=SamplingOptions(max_tokens=500, early_stop=False), on_topic=on_topic
+        ExtendSection(rounds=1, max_retries=1, on_topic=on_topic),
+        SamplingOptions(max_tokens=500, early_stop=False),
     )
     document = Document(text=TEXT, id="row", metadata={"instruction": "Write.", "language": "en"})
     relevance = (lambda: scorer) if scorer is not None else None
@@ -73,7 +75,7 @@ def test_without_on_topic_nothing_is_scored() -> None:
 def test_a_row_that_did_not_grow_enough_is_not_scored() -> None:
     scorer = GivenScores([0.8, 0.9, 0.9])
     settings = ExtendSettings(
-        rounds=1, max_retries=1, min_ratio=50, sampling=SamplingOptions(early_stop=False), on_topic=0.96
+        ExtendSection(rounds=1, max_retries=1, min_ratio=50, on_topic=0.96), SamplingOptions(early_stop=False)
     )
     document = Document(text=TEXT, id="row", metadata={"instruction": "Write.", "language": "en"})
     result = asyncio.run(extend_rollout(document, generate, settings=settings, relevance=lambda: scorer))
@@ -81,5 +83,5 @@ def test_a_row_that_did_not_grow_enough_is_not_scored() -> None:
 
 
 def test_on_topic_must_be_positive() -> None:
-    with pytest.raises(SelflengthenError, match="--on-topic: must be > 0"):
-        ExtendSettings(on_topic=0)
+    with pytest.raises(SelflengthenError, match="--on-topic: Input should be greater than 0"):
+        section_from_flags(ExtendSection, {"on_topic": 0})

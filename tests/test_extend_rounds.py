@@ -5,6 +5,7 @@ from collections.abc import Callable
 
 from selflengthen.builders.extend import ExtendSettings, grow
 from selflengthen.builders.tally import Tally
+from selflengthen.config import ExtendSection
 
 
 def words(n: int) -> str:
@@ -27,7 +28,7 @@ def scripted(lengths: dict[tuple[int, int], int | None]) -> tuple[Callable, list
 def run(lengths: dict[tuple[int, int], int | None], rounds: int = 2, retries: int = 3):
     extend, calls = scripted(lengths)
     tally = Tally()
-    settings = ExtendSettings(rounds=rounds, max_retries=retries, min_ratio=1.2)
+    settings = ExtendSettings(ExtendSection(rounds=rounds, max_retries=retries, min_ratio=1.2))
     return asyncio.run(grow(words(100), settings, extend, tally)), calls, tally
 
 

@@ -5,7 +5,8 @@ import dataclasses
 import inspect
 
 from selflengthen.cli_engine import _SHARED
-from selflengthen.config import EngineSection, RunConfig, SamplingSection
+from selflengthen.config import RunConfig
+from selflengthen.config_engine import EngineSection, SamplingSection
 from selflengthen.engine.options import EngineOptions, SamplingOptions
 
 CONFIG_ONLY = {"host", "enforce_eager", "slurm", "ray"}  # a run's own server; clusters are a run's

@@ -9,7 +9,8 @@ from pathlib import Path
 
 import pytest
 
-from selflengthen.config import EngineSection, SlurmSection, TrainSection, flag_name
+from selflengthen.config import TrainSection, flag_name
+from selflengthen.config_engine import EngineSection, SlurmSection
 from selflengthen.engine.models import resolve_model
 from selflengthen.errors import SelflengthenError
 from selflengthen.train.preflight import check_disk, check_engine, check_training, model_bytes

@@ -20,11 +20,12 @@ from selflengthen.config import load_config
 from selflengthen.errors import SelflengthenError
 from selflengthen.hub import DryRunFolder
 from selflengthen.publish import PublishRequest, portable, publish, published_config
-from selflengthen.run_folder import FINAL_CONFIGS, ITERATION_CONFIGS, RunFolder
+from selflengthen.run_folder import RunFolder
+from selflengthen.steps import FINAL_FOLDERS, ITERATION_FOLDERS
 from tests.run_fixture import make_run
 
 FAKE_TOKEN = "hf_publishTestTokenDoNotLeak0123456789"
-CONFIGS = ITERATION_CONFIGS + FINAL_CONFIGS
+CONFIGS = ITERATION_FOLDERS + FINAL_FOLDERS
 SIZE_CATEGORIES = json.loads(
     (
         Path(__import__("datasets").__file__).parent / "utils" / "resources" / "size_categories.json"
@@ -86,7 +87,7 @@ def test_every_config_loads_with_the_rows_of_every_iteration(run_dir: Path, expo
     run = RunFolder(run_dir)
     for config in CONFIGS:
         loaded = load(exported, config)
-        if config in FINAL_CONFIGS:
+        if config in FINAL_FOLDERS:
             expected = run.stats(config)["rows_out"]
         else:
             expected = sum(run.stats(config, k)["rows_out"] for k in (1, 2))
@@ -106,8 +107,8 @@ def test_each_version_is_tagged_with_its_own_files_and_earlier_files_are_never_r
     # the card, config and stats travel in the same commit as the data
     for files, k in ((first, 1), (second, 2)):
         assert {"README.md", "run/config.yaml", "run/train_recipe.yaml"} <= set(files)
-        assert {f"data/{config}/iter-{k}-00000.parquet" for config in ITERATION_CONFIGS} <= set(files)
-        assert {f"stats/iter-{k}/{config}.json" for config in ITERATION_CONFIGS} <= set(files)
+        assert {f"data/{config}/iter-{k}-00000.parquet" for config in ITERATION_FOLDERS} <= set(files)
+        assert {f"stats/iter-{k}/{config}.json" for config in ITERATION_FOLDERS} <= set(files)
     assert not any(path.startswith(("data/long", "data/final")) for path in first)
     assert {"data/long/00000.parquet", "data/final/00000.parquet"} <= set(second)
     assert not any("iter-1-" in path for path in second)  # iteration 1's shards are not re-sent
@@ -133,7 +134,7 @@ def test_the_dataset_card_parses_validates_and_states_what_stats_json_says(
     configs = MetadataConfigs.from_dataset_card_data(card.data)
     assert set(configs) == set(CONFIGS)
     text = card.text
-    for config in ITERATION_CONFIGS:
+    for config in ITERATION_FOLDERS:
         section = text.split(f"### `{config}`")[1].split("###")[0]
         for k in (1, 2):
             stats = run.stats(config, k)
@@ -141,7 +142,7 @@ def test_the_dataset_card_parses_validates_and_states_what_stats_json_says(
             row = f"| {k} | {stats['rows_out']} | {words['mean']} | {words['median']} | {words['max']} |"
             assert row in section, (config, row)
         assert f"(plots/words-{config}.png)" in section
-    for config in FINAL_CONFIGS:
+    for config in FINAL_FOLDERS:
         stats = run.stats(config)
         assert f"| 1–2 | {stats['rows_out']} | {stats['words']['mean']} |" in text
     for k in (1, 2):
@@ -170,7 +171,7 @@ def test_the_dataset_card_parses_validates_and_states_what_stats_json_says(
 
 def test_the_published_stats_are_the_run_stats_with_portable_paths(run_dir: Path, exported: Path) -> None:
     for k in (1, 2):
-        for config in ITERATION_CONFIGS:
+        for config in ITERATION_FOLDERS:
             published = json.loads(
                 (dataset_root(exported) / "stats" / f"iter-{k}" / f"{config}.json").read_text()
             )
@@ -359,7 +360,7 @@ def test_a_run_with_one_finished_iteration_publishes_just_that(tmp_path: Path) -
     card = DatasetCard.load(dataset_root(tmp_path / "out") / "README.md")
     assert "This is the first version of this dataset." in card.text
     assert not re.search(r"^### `(long|final)`", card.text, re.MULTILINE)
-    assert [entry["config_name"] for entry in card.data.to_dict()["configs"]] == list(ITERATION_CONFIGS)
+    assert [entry["config_name"] for entry in card.data.to_dict()["configs"]] == list(ITERATION_FOLDERS)
 
 
 @pytest.mark.parametrize("damage", ["truncate", "flip", "remove", "extra"])

@@ -17,6 +17,7 @@ from selflengthen.builders.extend import ExtendSettings, grow
 from selflengthen.builders.requests import chat
 from selflengthen.builders.speculation import MAX_AHEAD, RequestMeter, attempts_in_order
 from selflengthen.builders.tally import Tally
+from selflengthen.config import ExtendSection
 from selflengthen.engine.options import SamplingOptions
 from selflengthen.engine.streaming import LIVE_USAGE
 
@@ -47,7 +48,7 @@ def grow_with(script: dict, speculate: bool) -> tuple:
     # milliseconds run ahead too.
     with patch.object(speculation, "_RECHECK_SECONDS", 0.001):
         growth = asyncio.run(
-            grow(words(100), ExtendSettings(rounds=3, max_retries=3, sampling=sampling), extend, tally)
+            grow(words(100), ExtendSettings(ExtendSection(rounds=3, max_retries=3), sampling), extend, tally)
         )
     return growth, tally
 

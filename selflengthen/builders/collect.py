@@ -17,6 +17,7 @@ from typing import Any
 import polars as pl
 
 from selflengthen.builders.folder import StepFolder, finish_step, step_folder, word_summary
+from selflengthen.steps import COLLECT, EXTENDED, INITIAL, LONG
 
 LONG_SCHEMA = {
     "id": pl.String,
@@ -28,11 +29,11 @@ LONG_SCHEMA = {
     "response": pl.String,
     "words": pl.Int64,
 }
-ORIGINS = ("initial", "extended", "final_generator")
+ORIGINS = (INITIAL, EXTENDED, "final_generator")
 
 
 def long_folder(run_dir: Path) -> StepFolder:
-    return StepFolder(run_dir / "long")
+    return StepFolder(run_dir / LONG)
 
 
 def _rows(frame: pl.DataFrame, origin: str, response: str, words: str) -> pl.DataFrame:
@@ -52,18 +53,18 @@ def collect_frame(run_dir: Path, iterations: int, extra: bool) -> tuple[pl.DataF
     """The deduplicated `long` rows and the row count each source gave before deduplication."""
     parts, sources = [], {}
     for iteration in range(1, iterations + 1):
-        initial = step_folder(run_dir, iteration, "initial").read()
-        extended = step_folder(run_dir, iteration, "extended").read()
+        initial = step_folder(run_dir, iteration, INITIAL).read()
+        extended = step_folder(run_dir, iteration, EXTENDED).read()
         parts += [
-            _rows(initial, "initial", "response", "words"),
-            _rows(extended, "extended", "extended_response", "extended_words"),
+            _rows(initial, INITIAL, "response", "words"),
+            _rows(extended, EXTENDED, "extended_response", "extended_words"),
         ]
         sources |= {
             f"iter_{iteration}/initial": initial.height,
             f"iter_{iteration}/extended": extended.height,
         }
     if extra:
-        final = step_folder(run_dir, iterations + 1, "initial").read()
+        final = step_folder(run_dir, iterations + 1, INITIAL).read()
         parts.append(_rows(final, "final_generator", "response", "words"))
         sources[f"iter_{iterations + 1}/initial"] = final.height
     everything = pl.concat(parts, how="vertical")
@@ -84,7 +85,7 @@ def run_collect(run_dir: Path, iterations: int, extra: bool) -> dict[str, Any]:
     started = time.monotonic()
     frame, sources = collect_frame(run_dir, iterations, extra)
     stats = {
-        "step": "collect",
+        "step": COLLECT.name,
         "iterations": iterations,
         "rows_in": sum(sources.values()),
         "sources": sources,

@@ -39,14 +39,15 @@ from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.speculation import attempts_in_order
 from selflengthen.builders.step import GenerationStep, run_step
 from selflengthen.builders.tally import RESULTS_KEY, Tally
+from selflengthen.config import ExtendSection
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
-from selflengthen.errors import SelflengthenError, require_at_least_one
 from selflengthen.filters import GrowthFilter
 from selflengthen.filters.base import DROP_DETAIL
 from selflengthen.filters.on_topic import RELEVANCE_KEY, OnTopicFilter
 from selflengthen.prompts import template
 from selflengthen.relevance import RelevanceScorer
+from selflengthen.steps import EXTENDED
 from selflengthen.text import count_words
 
 #: Why a row has no extension (stats.json's `failed_rows`); the last only with `on_topic`.
@@ -72,23 +73,13 @@ EXTENDED_SCHEMA = {
 
 @dataclass(frozen=True)
 class ExtendSettings:
-    """The extend step's settings; `on_topic` is `OnTopicFilter`'s `max_ratio` (None: not
-    applied); `checks`, what every stage-2 text must pass."""
+    """The extend step's settings: its config section (`extend:`; `on_topic` is
+    `OnTopicFilter`'s `max_ratio`, None: not applied), the sampling of its requests, and the
+    checks every stage-2 text must pass."""
 
-    rounds: int = 3
-    max_retries: int = 3
-    min_ratio: float = 1.2
+    section: ExtendSection = field(default_factory=ExtendSection)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
-    force_growth: bool = False
-    on_topic: float | None = None
     checks: ResponseChecks = DEFAULT_CHECKS
-
-    def __post_init__(self) -> None:
-        require_at_least_one(rounds=self.rounds, max_retries=self.max_retries)
-        if not self.min_ratio > 0:
-            raise SelflengthenError(f"--min-ratio: must be > 0, got {self.min_ratio}")
-        if self.on_topic is not None and not self.on_topic > 0:
-            raise SelflengthenError(f"--on-topic: must be > 0, got {self.on_topic}")
 
 
 def split_parts(text: str) -> tuple[list[str], str]:
@@ -111,9 +102,9 @@ def stage_two_min_tokens(text: str, start: str, settings: ExtendSettings) -> int
     the result still lacks to be `min_ratio` × `text` after `start` (a word is at least one
     token, so the model is held to most of the way and finishes the rest itself), at most the
     request's `max_tokens`. 0 without `force_growth`."""
-    if not settings.force_growth:
+    if not settings.section.force_growth:
         return 0
-    missing = math.ceil(settings.min_ratio * count_words(text)) - count_words(start)
+    missing = math.ceil(settings.section.min_ratio * count_words(text)) - count_words(start)
     return min(max(missing, 0), settings.sampling.max_tokens)
 
 
@@ -196,7 +187,7 @@ async def grow(
     extend: Callable[[str, int, int, Tally], Awaitable[str | None]],
     tally: Tally,
 ) -> Growth:
-    """Up to `settings.rounds` rounds of `extend(text, round_index, attempt, attempt_tally)` on
+    """Up to `settings.section.rounds` rounds of `extend(text, round_index, attempt, attempt_tally)` on
     the best text.
 
     A round makes up to `max_retries` attempts on the same text and keeps the longest result
@@ -210,11 +201,14 @@ async def grow(
     """
     initial_words = count_words(text)
     growth = Growth(text, initial_words)
-    keepable = GrowthFilter(min_ratio=settings.min_ratio).grew_enough
-    for round_index in range(settings.rounds):
+    keepable = GrowthFilter(min_ratio=settings.section.min_ratio).grew_enough
+    for round_index in range(settings.section.rounds):
         start, start_words = growth.text, growth.words
         attempts = attempts_in_order(
-            partial(extend, start, round_index), settings.max_retries, tally, settings.sampling.speculate
+            partial(extend, start, round_index),
+            settings.section.max_retries,
+            tally,
+            settings.sampling.speculate,
         )
         async with aclosing(attempts):
             async for _, candidate in attempts:
@@ -257,7 +251,7 @@ async def extend_rollout(
     relevance: Callable[[], RelevanceScorer] | None = None,
 ) -> dict[str, Any]:
     """Extend one initial response over up to `rounds` rounds (a datatrove rollout function);
-    with `settings.on_topic`, a kept text is then scored with a scorer from `relevance`."""
+    with `settings.section.on_topic`, a kept text is then scored with a scorer from `relevance`."""
     tally = rollout_tally(progress)
     instruction, language = document.metadata["instruction"], document.metadata["language"]
 
@@ -268,10 +262,10 @@ async def extend_rollout(
     growth = await grow(document.text, settings, extend, tally)
     failure = None if growth.kept else ("no_round_succeeded" if growth.rounds == 0 else "too_little_growth")
     scored: dict[str, Any] = {}
-    if growth.kept and settings.on_topic is not None:
+    if growth.kept and settings.section.on_topic is not None:
         assert relevance is not None, "on_topic needs the step's relevance scorers"
         async with relevance() as scorer:
-            ratios, reason = await off_topic(scorer, instruction, growth.text, settings.on_topic)
+            ratios, reason = await off_topic(scorer, instruction, growth.text, settings.section.on_topic)
         scored = {"relevance": ratios, "off_topic": reason}
         failure = "off_topic" if reason is not None else None
     if progress is not None:
@@ -307,7 +301,7 @@ def run_extend(
     lineage = json.dumps(settings.sampling.lineage())
 
     def rows(done: list[Document]) -> tuple[pl.DataFrame, dict[str, Any]]:
-        reasons = FAILURES if settings.on_topic is not None else FAILURES[:-1]
+        reasons = FAILURES if settings.section.on_topic is not None else FAILURES[:-1]
         extended, failures = [], dict.fromkeys(reasons, 0)
         last_ratios: list[float] = []
         for document in done:
@@ -340,7 +334,7 @@ def run_extend(
         kept = length_weighted_sample(grown, "extended_words", settings.sampling.seed)
         on_topic = {
             "on_topic": {
-                "max_ratio": settings.on_topic,
+                "max_ratio": settings.section.on_topic,
                 "scored": len(last_ratios),
                 "off_topic": failures["off_topic"],
                 "last_segment_ratio": {
@@ -353,19 +347,19 @@ def run_extend(
             "rows_grown": grown.height,
             "dropped_by_sampler": grown.height - kept.height,
             "failed_rows": failures,
-            **(on_topic if settings.on_topic is not None else {}),
+            **(on_topic if settings.section.on_topic is not None else {}),
             "initial_words": word_summary(kept["initial_words"].to_list()),
         }
 
     step = GenerationStep(
         "extend",
-        step_folder(run_dir, iteration, "extended"),
+        step_folder(run_dir, iteration, EXTENDED),
         documents,
         partial(extend_rollout, settings=settings),
         rows,
         rows_in=len(documents),
         words_column="extended_words",
-        relevance=settings.on_topic is not None,
+        relevance=settings.section.on_topic is not None,
         filters=settings.checks.describe(),
     )
     return run_step(step, iteration, engine, model, settings.sampling)

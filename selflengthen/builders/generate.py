@@ -30,10 +30,11 @@ from selflengthen.builders.sample import length_weighted_sample
 from selflengthen.builders.speculation import attempts_in_order
 from selflengthen.builders.step import GenerationStep, run_step
 from selflengthen.builders.tally import RESULTS_KEY, Tally
+from selflengthen.config import GenerateSection
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions
-from selflengthen.errors import require_at_least_one
 from selflengthen.prompts import detect_language
+from selflengthen.steps import INITIAL
 from selflengthen.text import count_words
 
 INITIAL_SCHEMA = {
@@ -53,15 +54,12 @@ INITIAL_SCHEMA = {
 
 @dataclass(frozen=True)
 class GenerateSettings:
-    samples_per_instruction: int = 2
-    max_retries: int = 20
+    """The generate step's settings: its config section (`generate:`), the sampling of its
+    requests, and the checks every answer must pass."""
+
+    section: GenerateSection = field(default_factory=GenerateSection)
     sampling: SamplingOptions = field(default_factory=SamplingOptions)
     checks: ResponseChecks = DEFAULT_CHECKS
-
-    def __post_init__(self) -> None:
-        require_at_least_one(
-            samples_per_instruction=self.samples_per_instruction, max_retries=self.max_retries
-        )
 
 
 async def generate_rollout(
@@ -78,7 +76,9 @@ async def generate_rollout(
                 generate, messages, settings.sampling, seed_parts, attempt_tally, watch=settings.checks.watch
             )
 
-        attempts = attempts_in_order(attempt_answer, settings.max_retries, tally, settings.sampling.speculate)
+        attempts = attempts_in_order(
+            attempt_answer, settings.section.max_retries, tally, settings.sampling.speculate
+        )
         async with aclosing(attempts):
             async for attempt, result in attempts:
                 if result is None:
@@ -100,11 +100,13 @@ async def generate_rollout(
         return {
             "sample": sample,
             "response": None,
-            "attempts": settings.max_retries,
+            "attempts": settings.section.max_retries,
             "failure": "retries_exhausted",
         }
 
-    samples = await asyncio.gather(*(one_sample(index) for index in range(settings.samples_per_instruction)))
+    samples = await asyncio.gather(
+        *(one_sample(index) for index in range(settings.section.samples_per_instruction))
+    )
     if progress is not None:
         progress.document_done(tally)
     return {"samples": list(samples), "tally": tally.as_dict()}
@@ -152,7 +154,7 @@ def run_generate(
         accepted = pl.DataFrame(answers, schema=INITIAL_SCHEMA).sort("id")
         kept = length_weighted_sample(accepted, "words", settings.sampling.seed)
         return kept, {
-            "samples_requested": len(documents) * settings.samples_per_instruction,
+            "samples_requested": len(documents) * settings.section.samples_per_instruction,
             "samples_accepted": accepted.height,
             "dropped_by_sampler": accepted.height - kept.height,
             "failed_samples": failures,
@@ -160,7 +162,7 @@ def run_generate(
 
     step = GenerationStep(
         "generate",
-        step_folder(run_dir, iteration, "initial"),
+        step_folder(run_dir, iteration, INITIAL),
         documents,
         partial(generate_rollout, settings=settings),
         rows,

@@ -38,6 +38,7 @@ from selflengthen.config import LengthControlSection
 from selflengthen.engine.options import request_seed
 from selflengthen.length_scores import length_following_score, target_interval
 from selflengthen.prompts import prompt_language, variants
+from selflengthen.steps import FINAL, LENGTH_CONTROL
 
 FINAL_SCHEMA = {
     "id": pl.String,
@@ -59,7 +60,7 @@ _FULL_STOP = {"en": ".", "zh": "。"}
 
 
 def final_folder(run_dir: Path) -> StepFolder:
-    return StepFolder(run_dir / "final")
+    return StepFolder(run_dir / FINAL)
 
 
 def constraint_for(words: int, settings: LengthControlSection, rng: random.Random) -> dict[str, Any]:
@@ -165,7 +166,7 @@ def run_length_control(
     started = time.monotonic()
     frame = final_frame(long, settings, seed)
     stats = {
-        "step": "length-control",
+        "step": LENGTH_CONTROL.name,
         "rows_in": long.height,
         "outside_length_bounds": long.height - frame.height,
         "rows_out": frame.height,

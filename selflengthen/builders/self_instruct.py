@@ -27,10 +27,12 @@ from selflengthen.builders.progress import StepProgress, progress_context, rollo
 from selflengthen.builders.requests import chat
 from selflengthen.builders.step import GenerationStep, run_step
 from selflengthen.builders.tally import RESULTS_KEY
+from selflengthen.config import SelfInstructSection
 from selflengthen.engine.models import ResolvedModel
 from selflengthen.engine.options import EngineOptions, SamplingOptions, request_seed
-from selflengthen.errors import SelflengthenError, require_at_least_one
+from selflengthen.errors import SelflengthenError
 from selflengthen.prompts import detect_language, judge_yes_words, shipped_seeds, template
+from selflengthen.steps import INSTRUCTIONS
 from selflengthen.tables import read_instructions
 from selflengthen.text import count_words
 
@@ -52,12 +54,11 @@ INSTRUCTION_SCHEMA = {
 
 @dataclass(frozen=True)
 class SelfInstructSettings:
-    count: int = 5000
-    max_retries: int = 10
-    sampling: SamplingOptions = field(default_factory=SamplingOptions)
+    """The self-instruct step's settings: its config section (`self_instruct:`; the loop's
+    extra instructions replace its `count`) and the sampling of its requests."""
 
-    def __post_init__(self) -> None:
-        require_at_least_one(count=self.count, max_retries=self.max_retries)
+    section: SelfInstructSection = field(default_factory=SelfInstructSection)
+    sampling: SamplingOptions = field(default_factory=SamplingOptions)
 
 
 def seed_instructions(path: Path | None, language: str, flag: str) -> pl.DataFrame:
@@ -125,7 +126,7 @@ async def self_instruct_rollout(
     judge_sampling = dataclasses.replace(settings.sampling, temperature=0.0)  # a verdict, not a sample
     accepted: str | None = None
     attempt = 0
-    for attempt in range(1, settings.max_retries + 1):
+    for attempt in range(1, settings.section.max_retries + 1):
         first, second = pool.examples(language, rng)
         listing = [
             {"role": "user", "content": template(language, "self_instruct").substitute()},
@@ -192,7 +193,7 @@ def run_self_instruct(
     choose = random.Random(request_seed(settings.sampling.seed, "self-instruct-languages"))
     documents = [
         Document(text="", id=f"i{iteration}-{slot:05d}", metadata={"language": choose.choice(languages)})
-        for slot in range(settings.count)
+        for slot in range(settings.section.count)
     ]
 
     def rows(done: list[Document]) -> tuple[pl.DataFrame, dict[str, Any]]:
@@ -219,14 +220,14 @@ def run_self_instruct(
                         }
                     )
         return pl.DataFrame(instructions, schema=INSTRUCTION_SCHEMA).sort("id"), {
-            "requested": settings.count,
+            "requested": settings.section.count,
             "unfilled_slots": unfilled,
             "duplicates_after_resume": duplicates_after_resume,
         }
 
     step = GenerationStep(
         "self-instruct",
-        step_folder(run_dir, iteration, "instructions"),
+        step_folder(run_dir, iteration, INSTRUCTIONS),
         documents,
         partial(self_instruct_rollout, settings=settings),
         rows,

@@ -22,11 +22,11 @@ import polars as pl
 from selflengthen.builders.folder import finish_step, step_folder, word_summary
 from selflengthen.engine.options import request_seed
 from selflengthen.prompts import template
+from selflengthen.steps import EXT_SFT, GEN_SFT
 from selflengthen.text import count_words
 
 _MESSAGE = pl.Struct({"role": pl.String, "content": pl.String})
 SFT_SCHEMA = {"id": pl.String, "iteration": pl.Int64, "messages": pl.List(_MESSAGE)}
-SFT_STEPS = ("gen_sft", "ext_sft")
 
 
 def drop_lines(text: str, probability: float, rng: random.Random) -> str:
@@ -66,8 +66,8 @@ def sft_frames(extended: pl.DataFrame, line_drop_probability: float, seed: int) 
         )
         extender_rows.append(common | {"messages": _conversation(prompt, row["extended_response"])})
     return {
-        "gen_sft": pl.DataFrame(generator_rows, schema=SFT_SCHEMA),
-        "ext_sft": pl.DataFrame(extender_rows, schema=SFT_SCHEMA),
+        GEN_SFT: pl.DataFrame(generator_rows, schema=SFT_SCHEMA),
+        EXT_SFT: pl.DataFrame(extender_rows, schema=SFT_SCHEMA),
     }
 
 
@@ -90,7 +90,7 @@ def run_build_sft(
             "iteration": iteration,
             "rows_in": extended.height,
             "rows_out": frame.height,
-            "line_drop_probability": line_drop_probability if step == "ext_sft" else None,
+            "line_drop_probability": line_drop_probability if step == EXT_SFT else None,
             "prompt_words": word_summary(prompts),
             "words": word_summary(answers),
             "seed": seed,

@@ -17,7 +17,19 @@ from selflengthen.builders.sft_data import SFT_SCHEMA
 from selflengthen.cards.common import TAGS, base_model_info, model_repo_id, render, size_category
 from selflengthen.config import RunConfig
 from selflengthen.filters.registry import FilterEntry
-from selflengthen.run_folder import CONFIG_STEP, ITERATION_CONFIGS, RunFolder
+from selflengthen.run_folder import RunFolder
+from selflengthen.steps import (
+    BUILD_SFT,
+    EXT_SFT,
+    EXTENDED,
+    FINAL,
+    GEN_SFT,
+    INITIAL,
+    INSTRUCTIONS,
+    ITERATION_FOLDERS,
+    LONG,
+    STEP_OF_FOLDER,
+)
 
 #: Counts in a step's stats.json that are rows lost (each a dict of reason -> count, or a number).
 _DROPPED_ROWS = {
@@ -33,13 +45,13 @@ _DROPPED_ROWS = {
 
 #: The columns of each config, as the steps write them.
 CONFIG_COLUMNS: dict[str, list[str]] = {
-    "instructions": list(INSTRUCTION_SCHEMA),
-    "initial": list(INITIAL_SCHEMA),
-    "extended": list(EXTENDED_SCHEMA),
-    "gen_sft": list(SFT_SCHEMA),
-    "ext_sft": list(SFT_SCHEMA),
-    "long": list(LONG_SCHEMA),
-    "final": list(FINAL_SCHEMA),
+    INSTRUCTIONS: list(INSTRUCTION_SCHEMA),
+    INITIAL: list(INITIAL_SCHEMA),
+    EXTENDED: list(EXTENDED_SCHEMA),
+    GEN_SFT: list(SFT_SCHEMA),
+    EXT_SFT: list(SFT_SCHEMA),
+    LONG: list(LONG_SCHEMA),
+    FINAL: list(FINAL_SCHEMA),
 }
 
 #: What each column holds, for the card's column table (a test checks every column is here).
@@ -202,17 +214,17 @@ def dataset_card(
     """The card of version `iter-<version>`, holding `iterations` and the `final_configs`."""
     config = run.config
     base = base_model_info(config.model)
-    configs = [*ITERATION_CONFIGS, *final_configs]
+    configs = [*ITERATION_FOLDERS, *final_configs]
     tables, drops = [], []
-    for name in ITERATION_CONFIGS:
+    for name in ITERATION_FOLDERS:
         rows = []
         for iteration in iterations:
             if not run.folder(name, iteration).finished():
                 continue
             stats = run.stats(name, iteration)
             rows.append({"iteration": _label(run, iteration), "rows": stats["rows_out"], **stats["words"]})
-            if name not in ("gen_sft", "ext_sft"):
-                drops += drop_reasons(stats, _label(run, iteration), CONFIG_STEP[name])
+            if name not in BUILD_SFT.folders:
+                drops += drop_reasons(stats, _label(run, iteration), STEP_OF_FOLDER[name])
         tables.append({"name": name, "rows": rows, "histogram": histograms.get(name)})
     for name in final_configs:
         stats = run.stats(name)
@@ -224,10 +236,10 @@ def dataset_card(
                 "histogram": histograms.get(name),
             }
         )
-        drops += drop_reasons(stats, everything, CONFIG_STEP[name])
+        drops += drop_reasons(stats, everything, STEP_OF_FOLDER[name])
     languages = sorted(
         set(
-            pl.concat([run.read("instructions", iteration).select("language") for iteration in iterations])[
+            pl.concat([run.read(INSTRUCTIONS, iteration).select("language") for iteration in iterations])[
                 "language"
             ].unique()
         )
@@ -260,11 +272,11 @@ def dataset_card(
         base_model_short=base.short_name,
         seed=config.seed,
         sampling=config.sampling.model_dump(),
-        settings=_settings(config, "final" in final_configs),
+        settings=_settings(config, FINAL in final_configs),
         configs=tables,
         columns=column_table(configs),
         drops=drops,
         lineage=_lineage(run, repo_id, iterations, base.description),
-        train_config="final" if "final" in final_configs else "gen_sft",
+        train_config=FINAL if FINAL in final_configs else GEN_SFT,
         train_model=base.hub_id or "your/base-model",
     )

@@ -9,7 +9,8 @@ measured on text the loop never saw.
 
 Per model: mean and median words with 95% intervals (prompts resampled), the ratio of its mean
 words to the base's on the same prompts (paired), the share of answers cut at `max_tokens` and
-the share passing the repetition and ending filters; with relevance scoring
+the share passing the repetition and ending filters, and the share the run's own checks (its
+`filters:` and the finish reason) would accept; with relevance scoring
 (`selflengthen.relevance`, on the base model), the mean relevance ratio of the answers' first and
 last segments and the share whose last segment is off the prompt, also per answer length (the
 base's answer-length terciles), because a longer answer's last third is farther from its prompt
@@ -26,7 +27,9 @@ from typing import Any
 import numpy as np
 import polars as pl
 from datatrove.data import Document
+from datatrove.pipeline.inference.types import InferenceResult
 
+from selflengthen.builders.checks import DEFAULT_CHECKS, ResponseChecks
 from selflengthen.builders.self_instruct import seed_instructions
 from selflengthen.errors import SelflengthenError
 from selflengthen.eval import bootstrap
@@ -35,6 +38,7 @@ from selflengthen.eval.prompts import packaged_prompts
 from selflengthen.filters import EndingFilter, RepetitionFilter
 from selflengthen.relevance import OFF_TOPIC_RATIO
 from selflengthen.run_folder import RunFolder
+from selflengthen.steps import EXTENDED, INSTRUCTIONS
 from selflengthen.tables import read_table, require_columns
 from selflengthen.text import count_words
 
@@ -71,7 +75,7 @@ def seen_by_run(run: RunFolder) -> list[str]:
     seen = seed_instructions(section.seeds, section.seed_language, "self_instruct.seed_language")
     texts = seen["instruction"].to_list()
     for iteration in range(1, run.config.iterations + 2):  # + the extra instructions of `collect`
-        folder = run.folder("instructions", iteration)
+        folder = run.folder(INSTRUCTIONS, iteration)
         if folder.finished():
             texts += folder.read()["instruction"].to_list()
     return texts
@@ -86,6 +90,8 @@ class GrowthSetup:
     base_label: str
     excluded: list[Overlap] = field(default_factory=list)
     extender: dict[str, Any] = field(default_factory=dict)
+    #: The run's checks (its `filters:` and the finish reason): would the loop accept an answer?
+    checks: ResponseChecks = DEFAULT_CHECKS
 
     @property
     def prompts(self) -> int:
@@ -110,18 +116,19 @@ def growth_setup(run_dir: Path, source: str, samples: int, base_label: str = "ba
         "sample",
         "query",
     )
-    return GrowthSetup(requests, base_label, excluded, extender_growth(run))
+    checks = ResponseChecks(run.config.filter_entries())
+    return GrowthSetup(requests, base_label, excluded, extender_growth(run), checks)
 
 
 def extender_growth(run: RunFolder) -> dict[str, Any]:
     """Per finished iteration: extended / initial words of each kept row, and the step's yield."""
     result = {}
     for iteration in range(1, run.config.iterations + 1):
-        folder = run.folder("extended", iteration)
+        folder = run.folder(EXTENDED, iteration)
         if not folder.finished():
             continue
         rows = folder.read()
-        stats = run.stats("extended", iteration)
+        stats = run.stats(EXTENDED, iteration)
         ratios = (rows["extended_words"] / rows["initial_words"]).round(3).to_list()
         result[str(iteration)] = {
             "rows_in": stats["rows_in"],
@@ -151,12 +158,18 @@ def _matrix(frame: pl.DataFrame, prompt_ids: list[str], samples: int) -> np.ndar
     return matrix
 
 
-def heldout_answers(frame: pl.DataFrame) -> pl.DataFrame:
+def heldout_answers(frame: pl.DataFrame, run_checks: ResponseChecks = DEFAULT_CHECKS) -> pl.DataFrame:
     """One model's growth answers as evidence (`eval --compare` writes them to
-    `heldout_answers/<model>.jsonl`): prompt id, sample, text, words, finish reason and the
-    verdict of each filter the figures count (null where the request failed)."""
+    `heldout_answers/<model>.jsonl`): prompt id, sample, text, words, finish reason, the
+    verdict of each filter the figures count, and whether the run's own checks would accept the
+    answer (`accepted`: its `filters:` in order and the finish reason); null where the request
+    failed."""
     frame = frame.sort("prompt_id", "sample")
     checks = [_passes(text) if text is not None else None for text in frame["response"]]
+    accepted = [
+        None if text is None else run_checks.problem(InferenceResult(text, reason, {})) is None
+        for text, reason in zip(frame["response"], frame["finish_reason"], strict=True)
+    ]
     return pl.DataFrame(
         {
             "prompt_id": frame["prompt_id"],
@@ -168,6 +181,7 @@ def heldout_answers(frame: pl.DataFrame) -> pl.DataFrame:
                 f"pass_{name}": pl.Series([check and check[name] for check in checks], dtype=pl.Boolean)
                 for name in _FILTERS
             },
+            "accepted": pl.Series(accepted, dtype=pl.Boolean),
         }
     )
 
@@ -262,6 +276,7 @@ def summarise(answers: dict[str, pl.DataFrame], setup: GrowthSetup, seed: int) -
             "pass_repetition_pct": round(share * passes["repetition"], 1),
             "pass_ending_pct": round(share * passes["ending"], 1),
             "pass_both_pct": round(share * both, 1),
+            "accepted_pct": round(share * int(answered["accepted"].sum()), 1),
             "words": [int(words) for words in answered["words"]],
         }
         if "relevance" in frame.columns:

@@ -123,8 +123,9 @@ def growth_table(growth: dict[str, Any]) -> str:
         "as seen by the loop.",
         "",
         "| model | answers | mean words | median words | mean × base (paired) | prompts longer than base "
-        "| cut at max_tokens | pass repetition | pass ending | length score (constrained) |",
-        "|---|---|---|---|---|---|---|---|---|---|",
+        "| cut at max_tokens | pass repetition | pass ending | accepted by the run's checks "
+        "| length score (constrained) |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
     relevance = any("relevance_last" in entry for entry in growth["models"].values())
     if relevance:
@@ -142,6 +143,7 @@ def growth_table(growth: dict[str, Any]) -> str:
             f"{entry['cut_at_max_tokens_pct']}%",
             f"{entry['pass_repetition_pct']}%",
             f"{entry['pass_ending_pct']}%",
+            f"{entry['accepted_pct']}%",
             "–" if entry.get("length_score") is None else str(entry["length_score"]),
         ]
         if relevance:

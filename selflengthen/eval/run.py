@@ -300,7 +300,7 @@ def evaluate(
         for contender in order:
             answered = _answers(contender, asked, out, server, sampling)
             if growth is not None:
-                growth_answers[contender.label] = heldout_answers(answered.filter(GROWTH_ROWS))
+                growth_answers[contender.label] = heldout_answers(answered.filter(GROWTH_ROWS), growth.checks)
                 answered = answered.filter(~GROWTH_ROWS).drop("prompt_id", "sample")
             answered_by[contender.label] = answered
         frames = [answered_by[contender.label] for contender in contenders]

@@ -16,7 +16,8 @@ from typing import Any
 
 import yaml
 
-from selflengthen.config import EngineSection, RunConfig, TrainSection
+from selflengthen.config import RunConfig, TrainSection
+from selflengthen.config_engine import EngineSection
 from selflengthen.engine.models import ResolvedModel, resolve_model
 from selflengthen.errors import SelflengthenError
 from selflengthen.strict_yaml import DuplicateKeyError, load_yaml

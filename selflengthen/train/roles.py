@@ -29,11 +29,12 @@ from selflengthen.builders.folder import StepFolder
 from selflengthen.engine.launch import die_with_parent, on_gpu
 from selflengthen.engine.precision import cpu_flags, cpu_kind, training_bf16
 from selflengthen.errors import SelflengthenError
+from selflengthen.steps import EXT_SFT, GEN_SFT
 from selflengthen.tables import write_table
 
 ROLES = ("generator", "extender")
 #: The SFT dataset each role learns from.
-ROLE_DATASETS = {"generator": "gen_sft", "extender": "ext_sft"}
+ROLE_DATASETS = {"generator": GEN_SFT, "extender": EXT_SFT}
 
 
 @dataclass(frozen=True)
