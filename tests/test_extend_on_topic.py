@@ -11,7 +11,7 @@ import pytest
 from datatrove.data import Document
 from datatrove.pipeline.inference.types import InferenceResult
 
-from selflengthen.builders.extend import ExtendSettings, extend_rollout
+from selflengthen.builders.extend import ExtendSettings, extend_rollout, on_topic_summary
 from selflengthen.config import ExtendSection, section_from_flags
 from selflengthen.engine.options import SamplingOptions
 from selflengthen.errors import SelflengthenError
@@ -85,3 +85,15 @@ def test_a_row_that_did_not_grow_enough_is_not_scored() -> None:
 def test_on_topic_must_be_positive() -> None:
     with pytest.raises(SelflengthenError, match="--on-topic: Input should be greater than 0"):
         section_from_flags(ExtendSection, {"on_topic": 0})
+
+
+def test_the_steps_stats_summarise_what_was_scored() -> None:
+    failures = {"no_round_succeeded": 2, "too_little_growth": 1, "off_topic": 2}
+    summary = on_topic_summary(0.96, [0.91, 1.02, 0.97, 0.88], failures)
+    assert summary == {
+        "max_ratio": 0.96,
+        "scored": 4,
+        "off_topic": 2,
+        "last_segment_ratio": {"median": 0.94, "max": 1.02},
+    }
+    assert on_topic_summary(0.96, [], {"off_topic": 0})["last_segment_ratio"] == {"median": None, "max": None}

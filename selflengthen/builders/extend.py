@@ -280,6 +280,20 @@ async def extend_rollout(
     }
 
 
+def on_topic_summary(max_ratio: float, last_ratios: list[float], failures: dict[str, int]) -> dict[str, Any]:
+    """stats.json's `on_topic`: the bound, the rows scored (every row that grew enough), those
+    dropped as off topic, and the median and largest ratio of their last segments."""
+    return {
+        "max_ratio": max_ratio,
+        "scored": len(last_ratios),
+        "off_topic": failures["off_topic"],
+        "last_segment_ratio": {
+            "median": round(statistics.median(last_ratios), 4) if last_ratios else None,
+            "max": round(max(last_ratios), 4) if last_ratios else None,
+        },
+    }
+
+
 def run_extend(
     run_dir: Path,
     iteration: int,
@@ -332,22 +346,16 @@ def run_extend(
                 )
         grown = pl.DataFrame(extended, schema=EXTENDED_SCHEMA).sort("id")
         kept = length_weighted_sample(grown, "extended_words", settings.sampling.seed)
-        on_topic = {
-            "on_topic": {
-                "max_ratio": settings.section.on_topic,
-                "scored": len(last_ratios),
-                "off_topic": failures["off_topic"],
-                "last_segment_ratio": {
-                    "median": round(statistics.median(last_ratios), 4) if last_ratios else None,
-                    "max": round(max(last_ratios), 4) if last_ratios else None,
-                },
-            }
-        }
+        max_ratio = settings.section.on_topic
         return kept, {
             "rows_grown": grown.height,
             "dropped_by_sampler": grown.height - kept.height,
             "failed_rows": failures,
-            **(on_topic if settings.section.on_topic is not None else {}),
+            **(
+                {"on_topic": on_topic_summary(max_ratio, last_ratios, failures)}
+                if max_ratio is not None
+                else {}
+            ),
             "initial_words": word_summary(kept["initial_words"].to_list()),
         }
 
