@@ -30,10 +30,12 @@ from selflengthen.filters import (
     RepetitionFilter,
     apply_filters,
 )
+from selflengthen.filters.registry import DEFAULT_FILTERS as DEFAULT_RESPONSE_FILTERS
+from selflengthen.filters.registry import FILTERS
 from selflengthen.tables import TableWriter, check_output, iter_table_batches, require_columns
 
-FILTER_NAMES = ("ending", "repetition", "character-loop", "meta-comment", "length", "growth")
-DEFAULT_FILTERS = "ending,repetition,character-loop,meta-comment"
+FILTER_NAMES = (*FILTERS, "growth")
+DEFAULT_FILTERS = ",".join(DEFAULT_RESPONSE_FILTERS)
 
 InputFile = Annotated[Path, typer.Argument(help="A .jsonl, .csv or .parquet file.", show_default=False)]
 OutputFile = Annotated[

@@ -31,7 +31,7 @@ import polars as pl
 from datatrove.data import Document
 
 from selflengthen.builders.checks import DEFAULT_CHECKS, ResponseChecks
-from selflengthen.builders.extend_watch import BLANK_LINES, CombinedWatch, StageOneWatch
+from selflengthen.builders.extend_watch import CombinedWatch, StageOneWatch, split_parts, stage_two_start
 from selflengthen.builders.folder import step_folder, word_summary
 from selflengthen.builders.progress import StepProgress, rollout_tally
 from selflengthen.builders.requests import chat, stopped_early
@@ -82,14 +82,6 @@ class ExtendSettings:
     checks: ResponseChecks = DEFAULT_CHECKS
 
 
-def split_parts(text: str) -> tuple[list[str], str]:
-    """Paragraphs (split at blank lines) and their separator; lines when paragraphs give <= 2."""
-    paragraphs = [part.strip() for part in BLANK_LINES.split(text.strip()) if part.strip()]
-    if len(paragraphs) > 2:
-        return paragraphs, "\n\n"
-    return [line.strip() for line in text.strip().splitlines() if line.strip()], "\n"
-
-
 def combine(start: str, separator: str, continuation: str) -> str:
     """Stage 2's result: the start it continued and the continuation, joined by `separator`
     unless the continuation begins with whitespace of its own."""
@@ -138,7 +130,7 @@ async def extend_once(
     if not written:
         tally.rejections["stage_1_empty"] += 1
         return None
-    start = written_separator.join(written[: max(1, round(len(written) * 2 / 3))])
+    start = stage_two_start(written, written_separator)
     watch = partial(CombinedWatch, settings.checks, start, written_separator)
     if settings.sampling.early_stop and (reason := watch().reason_before) is not None:
         # The start alone already fails (e.g. stage 1 looped): stage 2 cannot pass.

@@ -1,7 +1,9 @@
-"""Early stop in the extend step: which part of an unfinished stage-1 text stage 2 will start
-from (`certainly_kept`), the watch of stage 1 over that part (`StageOneWatch`), and the watch of
-stage 2 over the text it is judged on (`CombinedWatch`). Both follow the step's checks
-(`ResponseChecks`): a filter with a prefix watch stops a request, others judge at the end."""
+"""Early stop in the extend step: how stage 1's text is cut into parts and which of them stage 2
+starts from (`split_parts`, `stage_two_start`), the part of an unfinished stage-1 text that
+stage 2 starts from whatever follows (`certainly_kept`), the watch of stage 1 over that part
+(`StageOneWatch`), and the watch of stage 2 over the text it is judged on (`CombinedWatch`).
+Both follow the step's checks (`ResponseChecks`): a filter with a prefix watch stops a request,
+others judge at the end."""
 
 from __future__ import annotations
 
@@ -11,7 +13,20 @@ from selflengthen.builders.checks import ResponseChecks, rejection
 from selflengthen.filters.meta_comment import MetaCommentFilter
 from selflengthen.filters.prefix import HeadMetaWatch, at_word_end
 
-BLANK_LINES = re.compile(r"\n[ \t]*\n")
+_BLANK_LINES = re.compile(r"\n[ \t]*\n")
+
+
+def split_parts(text: str) -> tuple[list[str], str]:
+    """Paragraphs (split at blank lines) and their separator; lines when paragraphs give <= 2."""
+    paragraphs = [part.strip() for part in _BLANK_LINES.split(text.strip()) if part.strip()]
+    if len(paragraphs) > 2:
+        return paragraphs, "\n\n"
+    return [line.strip() for line in text.strip().splitlines() if line.strip()], "\n"
+
+
+def stage_two_start(parts: list[str], separator: str) -> str:
+    """What stage 2 continues from: the first two-thirds (at least one) of stage 1's parts."""
+    return separator.join(parts[: max(1, round(len(parts) * 2 / 3))])
 
 
 def certainly_kept(prefix: str) -> str:
@@ -26,11 +41,7 @@ def certainly_kept(prefix: str) -> str:
     two-thirds (at least one) are kept: so the first two-thirds of the lines seen so far.
     """
     complete = prefix[: max(prefix.rfind("\n"), prefix.rfind("\r")) + 1]
-    paragraphs = [part.strip() for part in BLANK_LINES.split(complete.strip()) if part.strip()]
-    if len(paragraphs) > 2:
-        return "\n\n".join(paragraphs[: round(len(paragraphs) * 2 / 3)])
-    lines = [line.strip() for line in complete.strip().splitlines() if line.strip()]
-    return "\n".join(lines[: max(1, round(len(lines) * 2 / 3))])
+    return stage_two_start(*split_parts(complete))
 
 
 class StageOneWatch:
