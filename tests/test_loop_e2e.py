@@ -47,6 +47,8 @@ def test_every_step_of_both_iterations_wrote_data_and_stats(finished_run) -> Non
                 (run_dir / f"models/iter_{iteration}/{role}/adapter/train_result.json").read_text()
             )
             assert trained["global_step"] == 3 and trained["training_loss"] > 0
+            assert len(trained["step_seconds"]) == 3 and trained["num_tokens"] > 0
+            assert trained["peak_accelerator_memory"] is None  # no GPU
             assert trained["continued_from"] == (
                 None if iteration == 1 else str(run_dir / f"models/iter_1/{role}/adapter")
             )

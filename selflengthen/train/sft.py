@@ -8,18 +8,21 @@ TRL's script loads it (`load_model`: dtype, attention, `model_init_kwargs`, 4/8-
 quantization), and a recipe key this entry point cannot honour is refused by `check_recipe`
 before any work. It runs as is under
 `accelerate launch` (multi-GPU, DeepSpeed ZeRO-3). The main process writes `train_result.json`
-(final loss, steps, the loss log) beside the saved adapter.
+(final loss, steps, the loss log, seconds per optimizer step, tokens seen, peak accelerator
+memory) beside the saved adapter.
 """
 
 from __future__ import annotations
 
 import dataclasses
 import json
+import time
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
 import yaml
+from transformers import TrainerCallback
 from trl import ModelConfig, ScriptArguments, SFTConfig, TrlParser
 
 from selflengthen.errors import SelflengthenError
@@ -115,6 +118,39 @@ def load_model(model_args: ModelConfig, training: SFTConfig, previous_adapter: s
     return model
 
 
+class StepClock(TrainerCallback):
+    """Wall seconds of each optimizer step (the accelerator is synchronised at each step's end,
+    so a step's time is its own), for the tokens/s a user sees in `train_result.json` and that
+    `benchmarks/gpu_train.py` turns into MFU."""
+
+    def __init__(self) -> None:
+        self.step_seconds: list[float] = []
+        self._last = 0.0
+
+    @staticmethod
+    def _now() -> float:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.synchronize()
+        return time.perf_counter()
+
+    def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        self._last = self._now()
+
+    def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+        now = self._now()
+        self.step_seconds.append(round(now - self._last, 4))
+        self._last = now
+
+
+def peak_accelerator_memory() -> int | None:
+    """Bytes of accelerator memory this process held at most (None without CUDA)."""
+    import torch
+
+    return torch.cuda.max_memory_allocated() if torch.cuda.is_available() else None
+
+
 def main(argv: list[str] | None = None) -> None:
     script, training, model_args, continuation = parser().parse_args_and_config(argv)
 
@@ -138,17 +174,22 @@ def main(argv: list[str] | None = None) -> None:
         train_dataset=train_split,
         processing_class=tokenizer,
         peft_config=peft_config,
+        callbacks=[clock := StepClock()],
     )
     result = trainer.train()
     trainer.save_model(training.output_dir)
     if trainer.is_world_process_zero():
         losses = [entry["loss"] for entry in trainer.state.log_history if "loss" in entry]
+        tokens = [entry["num_tokens"] for entry in trainer.state.log_history if "num_tokens" in entry]
         summary = {
             "training_loss": result.training_loss,
             "global_step": result.global_step,
             "losses": losses,
             "rows": len(train_split),
             "continued_from": continuation.previous_adapter,
+            "step_seconds": clock.step_seconds,
+            "num_tokens": tokens[-1] if tokens else None,
+            "peak_accelerator_memory": peak_accelerator_memory(),
         }
         Path(training.output_dir, "train_result.json").write_text(json.dumps(summary, indent=2))
 
