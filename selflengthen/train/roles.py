@@ -15,7 +15,6 @@ import json
 import os
 import shlex
 import shutil
-import subprocess
 import sys
 import time
 from dataclasses import dataclass
@@ -31,6 +30,7 @@ from selflengthen.engine.precision import cpu_flags, cpu_kind, training_bf16
 from selflengthen.errors import SelflengthenError
 from selflengthen.steps import EXT_SFT, GEN_SFT
 from selflengthen.tables import write_table
+from selflengthen.train.failures import failed_process, run_teeing_stderr
 
 ROLES = ("generator", "extender")
 #: The SFT dataset each role learns from.
@@ -160,14 +160,15 @@ def train_role(
     started = time.monotonic()
     print(f"train {role} (iter {iteration}): log in {log}", file=sys.stderr, flush=True)
     with log.open("w") as stream:
-        # stderr stays on the terminal: it carries the trainer's progress bar. The trainer dies
-        # with us (a killed run must not leave it writing into the staging folder).
-        exit_code = subprocess.run(
-            launch.command(arguments), stdout=stream, env=environment, preexec_fn=die_with_parent
-        ).returncode
+        # stderr goes on to the terminal (it carries the trainer's progress bar) and into the log.
+        # The trainer dies with us (a killed run must not leave it writing into the staging folder).
+        exit_code, stderr_tail = run_teeing_stderr(
+            launch.command(arguments), stream.fileno(), env=environment, preexec_fn=die_with_parent
+        )
     if exit_code != 0:
+        failed = failed_process(stderr_tail)
         raise SelflengthenError(
-            f"training the {role} of iteration {iteration} failed (exit {exit_code}); "
+            f"training the {role} of iteration {iteration} failed ({failed or f'exit {exit_code}'}); "
             f"see {log} and the output above"
         )
     merge_adapter(base_model, staging.adapter, staging.merged, launch.trust_remote_code)
