@@ -1,9 +1,11 @@
 """The extension round rule (`grow`): which attempt a round keeps and when it stops retrying."""
 
 import asyncio
+import copy
+import pickle
 from collections.abc import Callable
 
-from selflengthen.builders.extend import ExtendSettings, grow
+from selflengthen.builders.extend import ExtendSettings, Extension, grow
 from selflengthen.builders.tally import Tally
 from selflengthen.config import ExtendSection
 
@@ -60,3 +62,11 @@ def test_rounds_end_at_the_first_round_that_grew_nothing() -> None:
     assert growth.text == words(100)
     assert tally.rejections["not_longer"] == 2
     assert {c[0] for c in calls} == {0}
+
+
+def test_an_extension_keeps_where_stage_two_began_through_copies() -> None:
+    """datatrove deep-copies a rollout's result when it saves it (a str subclass that cannot be
+    rebuilt made the runner drop every kept row of a step)."""
+    extension = Extension("first part. continued", continued_at=12)
+    for copied in (copy.deepcopy(extension), pickle.loads(pickle.dumps(extension))):
+        assert copied == "first part. continued" and copied.continued_at == 12

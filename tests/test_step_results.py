@@ -1,6 +1,7 @@
 """How a step judges its own results: refused requests counted by kind with a full example, a
 step whose every request was refused never recorded as finished, and a finished step never
-reported as made by settings other than its own."""
+reported as made by settings other than its own, nor finished without a document the runner
+dropped."""
 
 from __future__ import annotations
 
@@ -13,7 +14,7 @@ import pytest
 from datatrove.data import Document
 
 from selflengthen.builders.folder import finish_step, finished_stats, step_folder
-from selflengthen.builders.inference import refuse_when_every_request_failed
+from selflengthen.builders.inference import refuse_missing_documents, refuse_when_every_request_failed
 from selflengthen.builders.step import GenerationStep, step_stats
 from selflengthen.builders.tally import RESULTS_KEY, Tally, request_error_kind
 from selflengthen.engine.models import ResolvedModel
@@ -134,3 +135,18 @@ def test_stats_say_how_the_server_was_used_and_in_what_precision(tmp_path: Path)
         step, 1, frame, done, theirs, ResolvedModel("m", "m", "endpoint"), SamplingOptions(), started
     )
     assert endpoint["precision"]["dtype"] == "auto"
+
+
+def test_a_step_does_not_finish_without_a_document_the_runner_dropped(tmp_path: Path) -> None:
+    """datatrove's runner drops a document whose record it could not write (it only counts it),
+    and marks it done: the step must say so and not finish."""
+    folder = step_folder(tmp_path / "run", 1, "extended")
+    documents = [Document(text="t", id=f"d{index}") for index in range(3)]
+    refuse_missing_documents(folder, documents, documents)  # all there: nothing to say
+    with pytest.raises(SelflengthenError) as raised:
+        refuse_missing_documents(folder, documents, documents[:1])
+    assert str(raised.value) == (
+        f"{folder.root}: 2 of 3 documents have no rollout record (first: d1; the runner could not finish "
+        f"or save them: see {folder.work / 'logs'}); remove {folder.root} and rerun the step"
+    )
+    assert not folder.finished()

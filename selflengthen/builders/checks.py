@@ -12,6 +12,7 @@ from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
 from datatrove.pipeline.inference.types import InferenceResult
 
 from selflengthen.builders.requests import stopped_early
+from selflengthen.filters.base import DROP_DETAIL
 from selflengthen.filters.prefix import PrefixWatch, at_word_end, watch_of
 from selflengthen.filters.registry import FilterEntry, default_entries
 
@@ -58,15 +59,21 @@ class ResponseChecks:
         """Why a response is not a finished, clean response (None if it is): stopped early
         because a filter's rejection was certain, cut off by max_tokens, or rejected by a filter
         (the first in order)."""
+        found = self.verdict(result)
+        return None if found is None else found[0]
+
+    def verdict(self, result: InferenceResult) -> tuple[str, str | None] | None:
+        """`problem`'s reason with what the filter recorded finding (`DROP_DETAIL`, e.g. the
+        repeated n-gram), or None when the response is clean."""
         if (reason := stopped_early(result)) is not None:
-            return reason
+            return reason, None
         if result.finish_reason != "stop":
-            return f"finish_reason: {result.finish_reason}"
+            return f"finish_reason: {result.finish_reason}", None
         document = Document(text=result.text, id="")
         for check in self.filters:
             keep, kind = get_filter_result(check.filter(document))
             if not keep:
-                return rejection(check, kind or "dropped")
+                return rejection(check, kind or "dropped"), document.metadata.get(DROP_DETAIL)
         return None
 
     def describe(self) -> list[dict[str, Any]]:

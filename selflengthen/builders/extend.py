@@ -100,6 +100,22 @@ def stage_two_min_tokens(text: str, start: str, settings: ExtendSettings) -> int
     return min(max(missing, 0), settings.sampling.max_tokens)
 
 
+class Extension(str):
+    """An extended text that knows where stage 2's continuation starts in it (`continued_at`,
+    in characters), for `selflengthen report`'s highlight; otherwise the text itself."""
+
+    continued_at: int
+
+    def __new__(cls, text: str, continued_at: int) -> Extension:
+        extension = super().__new__(cls, text)
+        extension.continued_at = continued_at
+        return extension
+
+    def __getnewargs__(self) -> tuple[str, int]:  # type: ignore[override]
+        """Copies and pickles keep `continued_at` (datatrove deep-copies results it saves)."""
+        return str(self), self.continued_at
+
+
 async def extend_once(
     generate: Any,
     instruction: str,
@@ -124,7 +140,7 @@ async def extend_once(
     if stage_one is None:
         return None
     if (reason := stopped_early(stage_one)) is not None:
-        tally.rejections[reason] += 1
+        tally.reject(reason, stage_one.text)
         return None
     written, written_separator = split_parts(stage_one.text)
     if not written:
@@ -153,11 +169,11 @@ async def extend_once(
     if stage_two is None:
         return None
     combined = dataclasses.replace(stage_two, text=combine(start, written_separator, stage_two.text))
-    problem = settings.checks.problem(combined)
-    if problem is not None:
-        tally.rejections[problem] += 1
+    verdict = settings.checks.verdict(combined)
+    if verdict is not None:
+        tally.reject(verdict[0], combined.text, verdict[1])
         return None
-    return combined.text
+    return Extension(combined.text, continued_at=len(combined.text) - len(stage_two.text.rstrip()))
 
 
 @dataclass
@@ -263,7 +279,8 @@ async def extend_rollout(
     if progress is not None:
         progress.document_done(tally)
     return {
-        "extended_response": growth.text if growth.kept else None,  # kept for a look when off topic
+        "extended_response": str(growth.text) if growth.kept else None,  # kept for a look when off topic
+        "continued_at": getattr(growth.text, "continued_at", None),  # where the last stage 2 began
         "rounds": growth.rounds,
         "attempts": growth.attempts,
         "failure": failure,

@@ -88,15 +88,15 @@ async def generate_rollout(
                         "attempts": attempt,
                         "failure": "request_error",
                     }
-                problem = settings.checks.problem(result)
-                if problem is None:
+                verdict = settings.checks.verdict(result)
+                if verdict is None:
                     return {
                         "sample": sample,
                         "response": result.text,
                         "finish_reason": "stop",
                         "attempts": attempt,
                     }
-                tally.rejections[problem] += 1
+                tally.reject(verdict[0], result.text, verdict[1])
         return {
             "sample": sample,
             "response": None,

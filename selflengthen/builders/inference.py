@@ -108,8 +108,22 @@ def run_inference(
         ) from None
     # One record per document even if a resumed run rewrote a chunk (the last record wins).
     done = list({document.id: document for document in read_rollouts(work / "rollouts")}.values())
+    refuse_missing_documents(folder, documents, done)
     refuse_when_every_request_failed(folder, done)
     return done
+
+
+def refuse_missing_documents(folder: StepFolder, documents: list[Document], done: list[Document]) -> None:
+    """Every document of the step must have its rollout record: datatrove's runner drops a
+    document whose rollout raised or whose record it could not write (it only counts it in its
+    stats), and marks it done, so the step must not finish without it."""
+    missing = [document.id for document in documents if document.id not in {d.id for d in done}]
+    if missing:
+        raise SelflengthenError(
+            f"{folder.root}: {len(missing)} of {len(documents)} documents have no rollout record (first: "
+            f"{missing[0]}; the runner could not finish or save them: see {folder.work / 'logs'}); "
+            f"remove {folder.root} and rerun the step"
+        )
 
 
 def shard_documents(documents: list[Document], _: Any, rank: int, world_size: int) -> Iterator[Document]:

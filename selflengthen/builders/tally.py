@@ -19,6 +19,9 @@ RESULTS_KEY = "rollout_results"
 
 
 REQUEST_ERROR = "request_error"
+#: Rejected attempts kept per rollout with their text (for `selflengthen report`), and how much of
+#: each text is kept.
+REJECTED_EXAMPLES, EXAMPLE_CHARACTERS = 2, 20_000
 
 
 def request_error_kind(message: str) -> str:
@@ -53,6 +56,8 @@ class Tally:
     stopped_early_tokens: Counter[str] = field(default_factory=Counter)
     #: One full server message per kind of refused request (`request_error_kind`).
     request_errors: dict[str, str] = field(default_factory=dict)
+    #: The first rejected attempts, with their reason, what the filter found and their text.
+    rejected_examples: list[dict[str, str | None]] = field(default_factory=list)
     #: The seconds its requests were open, summed (for the step's mean requests in flight).
     request_seconds: float = 0.0
     #: Requests of speculative attempts that were not needed, and their completion tokens
@@ -77,6 +82,7 @@ class Tally:
                 for reason, count in self.stopped_early.items()
             },
             "request_errors": self.request_errors,
+            "rejected_examples": self.rejected_examples,
             "request_seconds": round(self.request_seconds, 3),
             "span": [round(self.began_at, 3), round(time.time(), 3)],  # the rollout, start to end
             "speculative": {
@@ -100,6 +106,7 @@ class Tally:
         self.stopped_early_tokens.update(other.stopped_early_tokens)
         for kind, message in other.request_errors.items():
             self.request_errors.setdefault(kind, message)
+        self.rejected_examples = (self.rejected_examples + other.rejected_examples)[:REJECTED_EXAMPLES]
         self.request_seconds += other.request_seconds
         self.speculated_attempts += other.speculated_attempts
         self.speculative_requests += other.speculative_requests
@@ -122,6 +129,13 @@ class Tally:
                 yield
         finally:
             self.request_seconds += time.monotonic() - started
+
+    def reject(self, reason: str, text: str, detail: str | None = None) -> None:
+        """Count an attempt rejected for `reason`, keeping the first few with their text."""
+        self.rejections[reason] += 1
+        if len(self.rejected_examples) < REJECTED_EXAMPLES:
+            example = {"reason": reason, "detail": detail, "text": text[:EXAMPLE_CHARACTERS]}
+            self.rejected_examples.append(example)
 
     def refused(self, message: str) -> None:
         """Count a request the server refused, by kind, keeping the first full message of each."""
