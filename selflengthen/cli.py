@@ -123,7 +123,8 @@ def run_command(
     ] = None,
 ) -> None:
     """Run the Self-Lengthen loop: iterations 1..N (self-instruct, generate, extend, build-sft,
-    train), then collect and length-control. Rerunning resumes; finished steps are skipped."""
+    train), then collect and length-control, and write the run's report (report.html in the run
+    folder; `selflengthen report`). Rerunning resumes; finished steps are skipped."""
     run_config = load_config(config, overrides)
     selected = parse_iterations(iterations, run_config.iterations)
     from selflengthen.train.preflight import preflight
@@ -137,6 +138,9 @@ def run_command(
         f"long: {summary['long_rows']} rows, final (length control): {summary['final_rows']} rows "
         f"-> {run_config.folder}"
     )
+    from selflengthen.report import write_report
+
+    typer.echo(f"report: {write_report(run_config.folder)}")
 
 
 @app.command("eval")
@@ -310,6 +314,28 @@ def publish_command(
     )
     versions = publish(request)
     typer.echo(f"published {len(versions)} version(s)" + (" (dry run)" if dry_run else ""))
+
+
+@app.command("report")
+def report_command(
+    run_dir: Annotated[Path, typer.Argument(help="The run folder (runs/<name>).")],
+    out: Annotated[
+        Path | None, typer.Option("--out", help="Where to write the page (default: RUN_DIR/report.html).")
+    ] = None,
+    samples: Annotated[
+        int,
+        typer.Option(
+            "--samples", min=0, help="Rows per iteration and kind (kept, not grown) in the sample browser."
+        ),
+    ] = 200,
+) -> None:
+    """Write one self-contained HTML page of a run (finished or not): each iteration's funnel and
+    drop reasons, words per answer, growth, training loss, a browser of extended rows with what
+    the Extender inserted highlighted, the evaluation's results and the config. No server, no
+    network: open it in any browser or attach it to an issue."""
+    from selflengthen.report import write_report
+
+    typer.echo(write_report(run_dir, out, samples))
 
 
 @app.command("prepare-model")

@@ -17,7 +17,7 @@ LAYERS = [
     {"config_engine", "config", "interrupts"},
     {"builders"},
     {"train"},
-    {"run_folder", "run_summary", "hub", "cards"},
+    {"run_folder", "run_summary", "hub", "cards", "report"},
     {"eval", "loop", "publish", "cli_corpus", "cli_engine", "cli_steps", "cli_generation"},
     {"cli"},
 ]
