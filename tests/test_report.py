@@ -135,7 +135,7 @@ def test_the_sample_browser_reads_the_steps_rollouts(tmp_path: Path) -> None:
         run_dir,
         1,
         "initial",
-        [{"id": "i1-1", "text": "", "metadata": {"instruction": "K", "rollout_results": [
+        [{"id": "i1-1", "text": "Write about K.", "metadata": {"rollout_results": [
             {"samples": [], "tally": {"rejected_examples": [{
                 "reason": "🔁 Repetition: repeated_ngram", "detail": "la la la", "text": "la la la!"}]}}]}}],
     )  # fmt: skip
@@ -153,6 +153,7 @@ def test_the_sample_browser_reads_the_steps_rollouts(tmp_path: Path) -> None:
     assert first["segments"][-1][0] == CONTINUED  # stage 2 began at character 3 of its text
     assert samples[2]["rejections"] == {"not_longer": 2} and samples[2]["initial"] == "short answer"
     assert samples[4]["detail"] == "la la la" and samples[4]["initial"] is None
+    assert samples[4]["instruction"] == "Write about K."  # generate's document is its instruction
 
 
 def test_a_partly_finished_run_shows_what_exists_and_marks_the_rest_not_yet_run(tmp_path: Path) -> None:

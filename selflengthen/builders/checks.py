@@ -16,6 +16,10 @@ from selflengthen.filters.base import DROP_DETAIL
 from selflengthen.filters.prefix import PrefixWatch, at_word_end, watch_of
 from selflengthen.filters.registry import FilterEntry, default_entries
 
+#: What a rejected attempt that was stopped early records as what the filter found: the place is
+#: the end of its (partial) text, where the rejection became certain.
+STOPPED_EARLY_DETAIL = "stopped early: the rejection was certain at the end of this text"
+
 
 def rejection(check: BaseFilter, kind: str) -> str:
     """How a rejection by `check` is counted (e.g. `🔁 Repetition: repeated_ngram`)."""
@@ -66,7 +70,7 @@ class ResponseChecks:
         """`problem`'s reason with what the filter recorded finding (`DROP_DETAIL`, e.g. the
         repeated n-gram), or None when the response is clean."""
         if (reason := stopped_early(result)) is not None:
-            return reason, None
+            return reason, STOPPED_EARLY_DETAIL
         if result.finish_reason != "stop":
             return f"finish_reason: {result.finish_reason}", None
         document = Document(text=result.text, id="")

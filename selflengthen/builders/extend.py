@@ -30,7 +30,7 @@ from typing import Any
 import polars as pl
 from datatrove.data import Document
 
-from selflengthen.builders.checks import DEFAULT_CHECKS, ResponseChecks
+from selflengthen.builders.checks import DEFAULT_CHECKS, STOPPED_EARLY_DETAIL, ResponseChecks
 from selflengthen.builders.extend_watch import CombinedWatch, StageOneWatch, split_parts, stage_two_start
 from selflengthen.builders.folder import step_folder, word_summary
 from selflengthen.builders.progress import StepProgress, rollout_tally
@@ -140,7 +140,7 @@ async def extend_once(
     if stage_one is None:
         return None
     if (reason := stopped_early(stage_one)) is not None:
-        tally.reject(reason, stage_one.text)
+        tally.reject(reason, stage_one.text, STOPPED_EARLY_DETAIL)
         return None
     written, written_separator = split_parts(stage_one.text)
     if not written:

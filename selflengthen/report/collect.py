@@ -104,7 +104,9 @@ def _rejected(document: dict[str, Any], result: dict[str, Any], step: str) -> li
                 {
                     "id": document.get("id"),
                     "step": step,
-                    "instruction": document.get("metadata", {}).get("instruction", ""),
+                    # generate's documents are the instructions; extend's carry theirs in metadata
+                    "instruction": document.get("metadata", {}).get("instruction")
+                    or document.get("text", ""),
                     "status": f"rejected: {example['reason']}",
                     "initial": document.get("text") if step == "extend" else None,
                     "text": example["text"],
