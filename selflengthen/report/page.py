@@ -138,9 +138,12 @@ def render_page(report: dict[str, Any]) -> str:
         '<p class="legend">In extended answers: <mark class="expanded">stage 1 (expansion)</mark> '
         '<mark class="continued">stage 2 (continuation)</mark>, unmarked text is the initial answer\'s; '
         'in rejected attempts: <mark class="found">what the filter found</mark>.</p>',
-        '<div class="controls"><label>iteration <select id="filter-iteration"><option value="">all</option>'
-        '</select></label><label>status <select id="filter-status"><option value="">all</option></select>'
-        '</label><label>instruction contains <input id="filter-text" type="search"></label></div>',
+        '<div class="controls">'
+        + "".join(
+            f'<label>{name} <select id="filter-{name}"><option value="">all</option></select></label>'
+            for name in ("iteration", "step", "status")
+        )
+        + '<label>instruction contains <input id="filter-text" type="search"></label></div>',
         '<p id="sample-count"></p><div id="sample-list"></div>',
         '<h2 id="evaluation">Evaluation</h2>',
         _evaluation(report),
