@@ -117,7 +117,8 @@ def refuse_missing_documents(folder: StepFolder, documents: list[Document], done
     """Every document of the step must have its rollout record: datatrove's runner drops a
     document whose rollout raised or whose record it could not write (it only counts it in its
     stats), and marks it done, so the step must not finish without it."""
-    missing = [document.id for document in documents if document.id not in {d.id for d in done}]
+    recorded = {document.id for document in done}
+    missing = [document.id for document in documents if document.id not in recorded]
     if missing:
         raise SelflengthenError(
             f"{folder.root}: {len(missing)} of {len(documents)} documents have no rollout record (first: "

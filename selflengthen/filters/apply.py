@@ -5,9 +5,8 @@ from __future__ import annotations
 from collections import Counter
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
-from typing import Any, Generic, TypeVar
+from typing import TYPE_CHECKING, Any, Generic, TypeVar
 
-import datasets
 import polars as pl
 from datatrove.data import Document
 from datatrove.pipeline.filters.base_filter import BaseFilter, get_filter_result
@@ -15,7 +14,12 @@ from tqdm.auto import tqdm
 
 from selflengthen.filters.base import DROP_DETAIL
 
-Table = TypeVar("Table", pl.DataFrame, datasets.Dataset)
+if TYPE_CHECKING:
+    import datasets
+
+#: `datasets` is imported only when a Dataset is given (it takes half a second to import, and
+#: every `selflengthen` command imports this module).
+Table = TypeVar("Table", pl.DataFrame, "datasets.Dataset")
 
 _BATCH_ROWS = 1024
 
@@ -35,6 +39,12 @@ class FilterReport(Generic[Table]):
     kept: Table
     drop_reasons: pl.DataFrame
     dropped_reasons: list[str | None]
+
+
+def _is_dataset(data: object) -> bool:
+    import datasets
+
+    return isinstance(data, datasets.Dataset)
 
 
 def _rows(data: pl.DataFrame | datasets.Dataset) -> Iterator[dict[str, Any]]:
@@ -71,7 +81,7 @@ def apply_filters(
         ValueError: `text_column` is not a column of `data`.
         TypeError: `data` is neither a polars DataFrame nor a datasets Dataset.
     """
-    if not isinstance(data, pl.DataFrame | datasets.Dataset):
+    if not isinstance(data, pl.DataFrame) and not _is_dataset(data):
         raise TypeError(f"data must be a polars DataFrame or a datasets.Dataset, got {type(data).__name__}")
     columns = data.columns if isinstance(data, pl.DataFrame) else data.column_names
     if text_column not in columns:
