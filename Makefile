@@ -31,8 +31,9 @@ $(STAMP): pyproject.toml constraints.txt
 	@command -v chromium >/dev/null || { \
 	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -q --no-install-recommends chromium >/dev/null \
-	      || { apt-get update -q >/dev/null && apt-get install -y -q --no-install-recommends chromium >/dev/null; }; \
+	    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } \
+	      || echo "note: Debian's chromium could not be installed; tests/test_report_e2e.py needs it"; \
 	  else echo "note: tests/test_report_e2e.py needs Debian's chromium: sudo apt-get install chromium"; fi; }
 	touch $@
 
