@@ -9,8 +9,6 @@ reported as not yet run; nothing here fails on a partly finished run.
 from __future__ import annotations
 
 import base64
-import gzip
-import json
 import re
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -19,8 +17,11 @@ from typing import Any
 
 import polars as pl
 import yaml
+from datatrove.data import Document
 
 from selflengthen.builders.folder import StepFolder, step_folder
+from selflengthen.builders.inference import read_rollouts
+from selflengthen.builders.tally import RESULTS_KEY
 from selflengthen.report.highlight import extension_segments
 from selflengthen.steps import EXTENDED, INITIAL, INSTRUCTIONS
 from selflengthen.train.roles import ROLES, trained_role
@@ -75,26 +76,19 @@ def drop_reasons(stats: dict[str, Any] | None) -> dict[str, Any]:
 
 
 def _losses(run_dir: Path, iteration: int) -> dict[str, list[float]]:
-    losses = {}
-    for role in ROLES:
-        path = trained_role(run_dir, iteration, role).adapter / "train_result.json"
-        if path.is_file():
-            losses[role] = json.loads(path.read_text(encoding="utf-8")).get("losses", [])
-    return losses
+    roles = {role: trained_role(run_dir, iteration, role) for role in ROLES}
+    return {role: trained.result().get("losses", []) for role, trained in roles.items() if trained.finished()}
 
 
-def _rollouts(folder: StepFolder) -> Iterator[tuple[dict[str, Any], dict[str, Any]]]:
+def _rollouts(folder: StepFolder) -> Iterator[tuple[Document, dict[str, Any]]]:
     """(document, rollout result) of each rollout the step wrote."""
-    for path in sorted((folder.work / "rollouts").glob("*.jsonl.gz")):
-        with gzip.open(path, "rt", encoding="utf-8") as stream:
-            for line in stream:
-                document = json.loads(line)
-                for result in document.get("metadata", {}).get("rollout_results") or []:
-                    if isinstance(result, dict):
-                        yield document, result
+    for document in read_rollouts(folder.work / "rollouts"):
+        for result in document.metadata.get(RESULTS_KEY) or []:
+            if isinstance(result, dict):
+                yield document, result
 
 
-def _rejected(document: dict[str, Any], result: dict[str, Any], step: str) -> list[dict[str, Any]]:
+def _rejected(document: Document, result: dict[str, Any], step: str) -> list[dict[str, Any]]:
     """The rejected attempts a rollout kept (their reason, what the filter found, their text)."""
     tallies = [result.get("tally")] + [sample.get("tally") for sample in result.get("samples") or []]
     rows = []
@@ -102,13 +96,12 @@ def _rejected(document: dict[str, Any], result: dict[str, Any], step: str) -> li
         for example in tally.get("rejected_examples") or []:
             rows.append(
                 {
-                    "id": document.get("id"),
+                    "id": document.id,
                     "step": step,
                     # generate's documents are the instructions; extend's carry theirs in metadata
-                    "instruction": document.get("metadata", {}).get("instruction")
-                    or document.get("text", ""),
+                    "instruction": document.metadata.get("instruction") or document.text,
                     "status": f"rejected: {example['reason']}",
-                    "initial": document.get("text") if step == "extend" else None,
+                    "initial": document.text if step == "extend" else None,
                     "text": example["text"],
                     "detail": example.get("detail"),
                 }
@@ -131,14 +124,14 @@ def _read_rollouts(folder: StepFolder, step: str, limit: int) -> _StepRollouts:
     found = _StepRollouts()
     for document, result in _rollouts(folder):
         if result.get("continued_at") is not None:
-            found.continued_at[document.get("id")] = result["continued_at"]
+            found.continued_at[document.id] = result["continued_at"]
         if result.get("failure") and step == "extend" and len(found.failed) < limit:
-            initial, dropped = document.get("text", ""), result.get("extended_response")
+            initial, dropped = document.text, result.get("extended_response")
             found.failed.append(
                 {
-                    "id": document.get("id"),
+                    "id": document.id,
                     "step": step,
-                    "instruction": document.get("metadata", {}).get("instruction", ""),
+                    "instruction": document.metadata.get("instruction", ""),
                     "status": result["failure"],
                     "initial": initial,
                     "rejections": (result.get("tally") or {}).get("rejections", {}),
