@@ -83,6 +83,8 @@ def gpu_name() -> str | None:
 
 
 def cpu_name() -> str:
+    """lscpu's model name (not `cpu_server.cpu_name`: that module imports the engine's stack, which a
+    GPU machine without a package registry does not have)."""
     listed = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     named = [line.partition(":")[2].strip() for line in listed.splitlines() if line.startswith("Model name:")]
     return named[0] if named else platform.processor() or "unknown CPU"
